@@ -1,0 +1,236 @@
+"""Turn the ``PARTITION_*`` configuration into a frozen topology.
+
+This module is pure: it reads a mapping and returns values or raises. It knows
+nothing of Flask, so it can be tested and reused on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing as t
+
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+
+#: Replica choice policies accepted by ``PARTITION_REPLICA_POLICY``.
+REPLICA_POLICIES = ("round_robin", "random")
+
+_CLUSTER_KEYS = ("primary", "replicas", "engine_options")
+_PASSWORD_IN_URI = re.compile(r"(?P<head>://[^:/@\s]*:)[^@\s]*@")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """One primary database and its read replicas.
+
+    :param name: The bind name, ``None`` for the default cluster.
+    :param primary: The URL of the primary.
+    :param replicas: The URLs of the read replicas, possibly empty.
+    :param engine_options: Keyword arguments for :func:`sqlalchemy.create_engine`,
+        the global options merged with this cluster's own.
+
+    .. versionadded:: 0.1.0
+    """
+
+    name: str | None
+    primary: sa.URL
+    replicas: tuple[sa.URL, ...]
+    engine_options: t.Mapping[str, t.Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """Every cluster an application uses, keyed by bind name (``None`` is the
+    default cluster).
+
+    .. versionadded:: 0.1.0
+    """
+
+    clusters: t.Mapping[str | None, ClusterConfig]
+    replica_policy: str
+
+
+def mask_uri(value: object) -> str:
+    """Return ``value`` as text with any password replaced by ``***``.
+
+    Works on :class:`sqlalchemy.URL` objects and on strings that do not even
+    parse as a URL, so error messages never show a password.
+
+    :param value: A URL, a string or anything else found in the config.
+    """
+    if isinstance(value, sa.URL):
+        return value.render_as_string(hide_password=True)
+    return _PASSWORD_IN_URI.sub(r"\g<head>***@", str(value))
+
+
+def parse_config(
+    config: t.Mapping[str, t.Any], *, instance_path: str | None = None
+) -> Topology:
+    """Read the ``PARTITION_*`` keys of ``config`` and validate them.
+
+    :param config: A Flask ``app.config`` or any mapping of the same keys.
+    :param instance_path: The folder relative SQLite paths are resolved in.
+        ``None`` leaves them relative to the working directory.
+    :raises RuntimeError: When ``PARTITION_DATABASE_URI`` is not set.
+    :raises TypeError: When a value has the wrong type; the key is named.
+    :raises ValueError: When a value is malformed; the key is named and any
+        password is masked.
+    """
+    if config.get("PARTITION_DATABASE_URI") is None:
+        raise RuntimeError(
+            "'PARTITION_DATABASE_URI' is not set. Set it to the URI of the default"
+            " cluster's primary database, for example 'sqlite:///app.db'."
+        )
+    global_options = _options(
+        config.get("PARTITION_ENGINE_OPTIONS"), "PARTITION_ENGINE_OPTIONS"
+    )
+    clusters: dict[str | None, ClusterConfig] = {
+        None: ClusterConfig(
+            name=None,
+            primary=_url(
+                config["PARTITION_DATABASE_URI"],
+                "PARTITION_DATABASE_URI",
+                instance_path,
+            ),
+            replicas=_replicas(
+                config.get("PARTITION_REPLICAS"), "PARTITION_REPLICAS", instance_path
+            ),
+            engine_options=types.MappingProxyType(global_options),
+        )
+    }
+    binds = config.get("PARTITION_BINDS")
+    if binds is None:
+        binds = {}
+    if not isinstance(binds, t.Mapping):
+        raise TypeError(
+            "'PARTITION_BINDS' must be a dict of bind names to database URIs or"
+            f" cluster dicts, got {mask_uri(binds)!r}."
+        )
+    for name, value in binds.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(
+                f"'PARTITION_BINDS' keys must be non-empty strings, got {name!r}."
+            )
+        clusters[name] = _bind(name, value, global_options, instance_path)
+    policy = config.get("PARTITION_REPLICA_POLICY", "round_robin")
+    if policy not in REPLICA_POLICIES:
+        choices = ", ".join(repr(p) for p in REPLICA_POLICIES)
+        raise ValueError(
+            f"'PARTITION_REPLICA_POLICY' must be one of {choices}, got {policy!r}."
+        )
+    return Topology(clusters=types.MappingProxyType(clusters), replica_policy=policy)
+
+
+def _bind(
+    name: str,
+    value: object,
+    global_options: dict[str, t.Any],
+    instance_path: str | None,
+) -> ClusterConfig:
+    key = f"PARTITION_BINDS[{name!r}]"
+    if isinstance(value, (str, sa.URL)):
+        value = {"primary": value}
+    if not isinstance(value, t.Mapping):
+        raise TypeError(
+            f"{key} must be a database URI or a dict with 'primary', 'replicas'"
+            f" and 'engine_options', got {mask_uri(value)!r}."
+        )
+    unknown = sorted(set(value) - set(_CLUSTER_KEYS), key=str)
+    if unknown:
+        raise ValueError(
+            f"{key} has unknown keys {', '.join(repr(k) for k in unknown)}; the"
+            " allowed keys are 'primary', 'replicas' and 'engine_options'."
+        )
+    if value.get("primary") is None:
+        raise ValueError(f"{key} has no 'primary' URI; every cluster needs one.")
+    options = dict(global_options)
+    options.update(_options(value.get("engine_options"), f"{key}['engine_options']"))
+    return ClusterConfig(
+        name=name,
+        primary=_url(value["primary"], f"{key}['primary']", instance_path),
+        replicas=_replicas(
+            value.get("replicas"), f"{key}['replicas']", instance_path
+        ),
+        engine_options=types.MappingProxyType(options),
+    )
+
+
+def _options(value: object, key: str) -> dict[str, t.Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, t.Mapping):
+        raise TypeError(
+            f"'{key}' must be a dict of 'create_engine' arguments, got {value!r}."
+        )
+    return dict(value)
+
+
+def _replicas(
+    value: object, key: str, instance_path: str | None
+) -> tuple[sa.URL, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(
+            f"'{key}' must be a list of database URIs, got {mask_uri(value)!r}."
+        )
+    return tuple(
+        _url(item, f"{key}[{index}]", instance_path, replica=True)
+        for index, item in enumerate(value)
+    )
+
+
+def _url(
+    value: object, key: str, instance_path: str | None, *, replica: bool = False
+) -> sa.URL:
+    key = key if key.startswith("PARTITION_BINDS[") else f"'{key}'"
+    if isinstance(value, sa.URL):
+        url = value
+    elif isinstance(value, str):
+        try:
+            url = sa.make_url(value)
+        except sa_exc.ArgumentError:
+            raise ValueError(
+                f"{key} is not a valid database URI: {mask_uri(value)!r}. Expected"
+                " 'dialect+driver://user:password@host/database'."
+            ) from None
+    else:
+        raise TypeError(
+            f"{key} must be a database URI string, got {type(value).__name__}"
+            f" {mask_uri(value)!r}."
+        )
+    if url.get_backend_name() == "sqlite":
+        url = _sqlite_url(url, instance_path, replica=replica)
+    return url
+
+
+def _sqlite_url(url: sa.URL, instance_path: str | None, *, replica: bool) -> sa.URL:
+    """Resolve a relative SQLite path in the instance folder, and open a
+    replica read-only.
+
+    SQLite only honours ``mode=ro`` on URI filenames, so a replica written as
+    ``sqlite:///app.db`` or ``sqlite:///app.db?mode=ro`` becomes
+    ``sqlite:///file:/abs/app.db?mode=ro&uri=true``. Writes sent to it then
+    fail with "attempt to write a readonly database", as a real replica would.
+    """
+    database = url.database or ""
+    in_memory = database in ("", ":memory:") or "mode=memory" in str(url)
+    if in_memory:
+        return url
+    uri_form = url.query.get("uri") == "true" or database.startswith("file:")
+    path = database[len("file:") :] if database.startswith("file:") else database
+    if instance_path is not None and not os.path.isabs(path):
+        path = os.path.join(instance_path, path)
+        if not uri_form:
+            database = path
+    if uri_form or replica:
+        database = f"file:{path}"
+        query = dict(url.query)
+        query["uri"] = "true"
+        if replica:
+            query["mode"] = "ro"
+        return url.set(database=database, query=query)
+    return url.set(database=database)

@@ -1,0 +1,129 @@
+"""``use_primary`` and ``use_replica``: view decorators and context managers
+that pin where the statements of a block go.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import typing as t
+
+from flask import current_app
+
+from .routing import Plan
+from .routing import Role
+from .routing import _plan
+
+F = t.TypeVar("F", bound=t.Callable[..., t.Any])
+
+
+class Pin:
+    """Change the routing plan for a block, as a context manager or a view
+    decorator, and restore the previous plan afterwards, also on exceptions.
+
+    Instances come from :func:`use_primary` and :func:`use_replica`; the same
+    instance may be entered again while it is active (nesting).
+
+    :param name: The helper's name, shown in errors.
+    :param change: Returns the plan in force inside the block.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, name: str, change: t.Callable[[Plan], Plan]) -> None:
+        self.name = name
+        self._change = change
+        self._tokens: list[contextvars.Token[Plan]] = []
+
+    def __enter__(self) -> Plan:
+        plan = self._change(_plan.get())
+        self._tokens.append(_plan.set(plan))
+        return plan
+
+    def __exit__(self, *exc_info: object) -> None:
+        _plan.reset(self._tokens.pop())
+
+    def __call__(self, view: F) -> F:
+        """Decorate ``view`` so each call runs under this plan.
+
+        Works on ``async def`` views: the coroutine runs through
+        :meth:`flask.Flask.ensure_sync` inside the block, not after it.
+        """
+        change = self._change
+
+        @functools.wraps(view)
+        def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
+            token = _plan.set(change(_plan.get()))
+            try:
+                return current_app.ensure_sync(view)(*args, **kwargs)
+            finally:
+                _plan.reset(token)
+
+        return t.cast(F, wrapper)
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+def _to_primary(plan: Plan) -> Plan:
+    return Plan(role=Role.PRIMARY, read_only=False, pinned_by="use_primary")
+
+
+def _to_replica(plan: Plan) -> Plan:
+    return Plan(role=Role.REPLICA, read_only=True, pinned_by="use_replica")
+
+
+@t.overload
+def use_primary(view: F) -> F: ...
+
+
+@t.overload
+def use_primary(view: None = None) -> Pin: ...
+
+
+def use_primary(view: F | None = None) -> F | Pin:
+    """Send every statement of a view or block to the primaries.
+
+    Use it where a read must see the latest committed data, for example a
+    checkout that reads stock it is about to change::
+
+        @app.post("/checkout")
+        @use_primary
+        def checkout(): ...
+
+        with use_primary():
+            db.session.scalar(select(Stock).where(...))
+
+    The innermost helper wins when helpers nest.
+
+    :param view: The view to decorate; leave out to get a context manager.
+
+    .. versionadded:: 0.1.0
+    """
+    pin = Pin("use_primary", _to_primary)
+    return pin if view is None else pin(view)
+
+
+@t.overload
+def use_replica(view: F) -> F: ...
+
+
+@t.overload
+def use_replica(view: None = None) -> Pin: ...
+
+
+def use_replica(view: F | None = None) -> F | Pin:
+    """Make a view or block read-only and let its reads use replicas.
+
+    A flush or an INSERT, UPDATE, DELETE, DDL, ``FOR UPDATE`` or sequence
+    statement raises :class:`~flask_partition.ReadOnlyError` before any SQL
+    is sent. Raw ``text()`` SQL goes to a replica, which refuses writes
+    itself. A cluster the session already wrote to is still read from its
+    primary, so the block never reads older data than the session wrote.
+
+    :param view: The view to decorate; leave out to get a context manager.
+
+    .. versionadded:: 0.1.0
+    """
+    pin = Pin("use_replica", _to_replica)
+    return pin if view is None else pin(view)

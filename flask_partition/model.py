@@ -1,0 +1,92 @@
+"""The declarative base behind ``db.Model``.
+
+Two conveniences Flask-SQLAlchemy users rely on: ``__bind_key__`` puts a
+model's table in that bind's :class:`~sqlalchemy.MetaData` (one metadata per
+cluster, as Flask-Migrate expects), and ``__tablename__`` defaults to the class
+name in snake_case.
+"""
+
+from __future__ import annotations
+
+import re
+import typing as t
+
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+
+# A capital starts a new word when a lowercase letter or digit precedes it
+# ("OrderLine" -> "order_line"), or when it is the last of a run of capitals
+# followed by a lowercase letter ("HTTPRequest" -> "http_request").
+_WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def camel_to_snake_case(name: str) -> str:
+    """Convert a class name to the table name Flask-SQLAlchemy would derive.
+
+    :param name: A class name such as ``"OrderLine"`` or ``"HTTPRequest"``.
+    :return: ``"order_line"``, ``"http_request"``.
+
+    .. versionadded:: 0.1.0
+    """
+    return _WORD_BOUNDARY.sub("_", name).lower().lstrip("_")
+
+
+class MetadataSource(t.Protocol):
+    """What the base needs from its extension: the metadata of a bind key."""
+
+    def _metadata_for(self, bind_key: str | None) -> sa.MetaData: ...
+
+
+class _PartitionModel:
+    """Mixin that runs before SQLAlchemy maps a subclass."""
+
+    __partition_metadata__: t.ClassVar[MetadataSource]
+
+    def __init_subclass__(cls, **kwargs: t.Any) -> None:
+        own = cls.__dict__
+        is_base = sa_orm.DeclarativeBase in cls.__bases__
+        if not is_base and not own.get("__abstract__", False) and "__table__" not in own:
+            bind_key = own.get("__bind_key__")
+            if bind_key is not None and "metadata" not in own:
+                cls.metadata = cls.__partition_metadata__._metadata_for(bind_key)
+            if "__tablename__" not in own and _needs_own_table(cls):
+                cls.__tablename__ = camel_to_snake_case(cls.__name__)
+        super().__init_subclass__(**kwargs)
+
+
+def _needs_own_table(cls: type) -> bool:
+    """True for the first mapped class of a hierarchy and for a subclass that
+    declares its own primary key (joined-table inheritance); false for
+    single-table inheritance subclasses, which share their parent's table.
+    """
+    mapped_parent = any(
+        isinstance(sa.inspect(base, raiseerr=False), sa_orm.Mapper)
+        for base in cls.__mro__[1:]
+    )
+    if not mapped_parent:
+        return True
+    for value in cls.__dict__.values():
+        column = getattr(value, "column", value)
+        if isinstance(column, sa.Column) and column.primary_key:
+            return True
+    return False
+
+
+def make_model_base(
+    source: MetadataSource, metadata: sa.MetaData, name: str = "Model"
+) -> type[sa_orm.DeclarativeBase]:
+    """Create the declarative base class for one extension.
+
+    :param source: Hands out the metadata for each ``__bind_key__``.
+    :param metadata: The default cluster's metadata.
+    :param name: The class name of the base.
+    """
+    namespace: dict[str, t.Any] = {
+        "__partition_metadata__": source,
+        "metadata": metadata,
+        "__module__": __name__,
+    }
+    return t.cast(
+        "type[sa_orm.DeclarativeBase]",
+        type(name, (_PartitionModel, sa_orm.DeclarativeBase), namespace),
+    )
