@@ -1,0 +1,470 @@
+"""Helpers for testing applications that use Flask-Partition.
+
+:class:`PostgresTopology` starts a real PostgreSQL primary with streaming
+replicas in a temporary folder, on free loopback ports, and can pause replay
+(to create lag on purpose) or stop and start nodes (to create faults).
+:class:`RoutingRecorder` records which node every statement went to.
+
+Starting servers needs the PostgreSQL server binaries (``initdb``,
+``pg_ctl``, ``pg_basebackup``) and :mod:`psycopg`. As root, the servers run
+as the ``postgres`` user, because PostgreSQL refuses to run as root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import typing as t
+
+import sqlalchemy as sa
+from flask import Flask
+
+from .routing import Role
+
+if t.TYPE_CHECKING:
+    from .extension import PartitionDB
+
+#: Environment variable naming the folder with ``initdb`` and ``pg_ctl``.
+BINDIR_ENV = "PARTITION_PG_BINDIR"
+#: Environment variable naming the OS user servers run as when we are root.
+USER_ENV = "PARTITION_PG_USER"
+
+_PREFIX = "flask-partition-pg-"
+_SERVER_SETTINGS = """
+listen_addresses = '127.0.0.1'
+unix_socket_directories = ''
+fsync = off
+full_page_writes = off
+synchronous_commit = on
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 10
+hot_standby = on
+max_prepared_transactions = 20
+max_connections = 200
+"""
+
+
+def find_bindir() -> str | None:
+    """Return the folder holding PostgreSQL's server binaries, or ``None``.
+
+    ``$PARTITION_PG_BINDIR`` wins; then the newest
+    ``/usr/lib/postgresql/<version>/bin`` (Debian, Ubuntu); then the folder
+    of an ``initdb`` on ``PATH``.
+
+    .. versionadded:: 0.1.0
+    """
+    override = os.environ.get(BINDIR_ENV)
+    if override:
+        return override if os.path.exists(os.path.join(override, "initdb")) else None
+    root = "/usr/lib/postgresql"
+    if os.path.isdir(root):
+        versions = sorted(
+            (v for v in os.listdir(root) if v.split(".")[0].isdigit()),
+            key=lambda v: [int(p) for p in v.split(".") if p.isdigit()],
+        )
+        for version in reversed(versions):
+            candidate = os.path.join(root, version, "bin")
+            if os.path.exists(os.path.join(candidate, "initdb")):
+                return candidate
+    initdb = shutil.which("initdb")
+    return os.path.dirname(initdb) if initdb else None
+
+
+def unavailable_reason() -> str | None:
+    """Say why :class:`PostgresTopology` cannot start here, or ``None``.
+
+    .. versionadded:: 0.1.0
+    """
+    if find_bindir() is None:
+        return (
+            "PostgreSQL server binaries not found (looked in $PARTITION_PG_BINDIR,"
+            " /usr/lib/postgresql/*/bin and PATH); install the 'postgresql' package."
+        )
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed; install 'Flask-Partition[postgres]'."
+    if os.geteuid() == 0:
+        user = os.environ.get(USER_ENV, "postgres")
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            return (
+                f"Running as root and there is no OS user {user!r} to run"
+                f" PostgreSQL as; create it or set ${USER_ENV}."
+            )
+    return None
+
+
+@dataclasses.dataclass
+class PostgresNode:
+    """One PostgreSQL server of a :class:`PostgresTopology`.
+
+    .. versionadded:: 0.1.0
+    """
+
+    name: str
+    datadir: str
+    port: int
+    is_replica: bool
+    running: bool = False
+
+    def url(self, database: str = "postgres") -> str:
+        """The SQLAlchemy URL of ``database`` on this node (psycopg driver)."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def query(
+        self, sql: str, params: t.Sequence[t.Any] = (), *, database: str = "postgres"
+    ) -> list[tuple[t.Any, ...]]:
+        """Run ``sql`` in autocommit mode on a new connection; return the rows."""
+        import psycopg
+
+        with psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user="postgres",
+            dbname=database,
+            autocommit=True,
+            connect_timeout=5,
+        ) as conn:
+            cursor = conn.execute(sql.encode(), params)  # type: ignore[call-overload]
+            return list(cursor.fetchall()) if cursor.description else []
+
+
+class PostgresTopology:
+    """A primary and streaming replicas, started in a temporary folder.
+
+    ::
+
+        with PostgresTopology(replicas=2, databases=["app"]) as pg:
+            app.config["PARTITION_DATABASE_URI"] = pg.primary.url("app")
+            app.config["PARTITION_REPLICAS"] = [r.url("app") for r in pg.replicas]
+            pg.pause_replay()        # replicas stop applying WAL: lag on purpose
+            ...
+            pg.resume_replay()
+
+    :param replicas: How many streaming replicas to start.
+    :param databases: Databases to create on the primary before the replicas
+        are cloned, so the replicas have them too.
+    :param base_dir: Where to create the temporary folder; by default
+        ``/dev/shm`` when it has 1 GiB free, else the system temp folder.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        replicas: int = 2,
+        *,
+        databases: t.Sequence[str] = ("app",),
+        base_dir: str | None = None,
+    ) -> None:
+        reason = unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(reason)
+        self._bindir = t.cast(str, find_bindir())
+        self._replica_count = replicas
+        self._databases = list(databases)
+        self._base_parent = base_dir or _default_base_dir()
+        self._run_as: tuple[int, int] | None = None
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(os.environ.get(USER_ENV, "postgres"))
+            self._run_as = (entry.pw_uid, entry.pw_gid)
+        self.base = ""
+        self.primary: PostgresNode | None = None
+        self.replicas: list[PostgresNode] = []
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> PostgresTopology:
+        """Create and start every node; return ``self``."""
+        _reap_abandoned(self._base_parent, self._stop_datadir)
+        self.base = tempfile.mkdtemp(prefix=_PREFIX, dir=self._base_parent)
+        with open(os.path.join(self.base, "owner.pid"), "w") as f:
+            f.write(str(os.getpid()))
+        self._chown(self.base)
+        try:
+            template = os.path.join(self.base, "template")
+            self._run(
+                "initdb", "-D", template, "-U", "postgres", "--auth=trust",
+                "--no-sync", "-E", "UTF8", "--locale=C",
+            )  # fmt: skip
+            with open(os.path.join(template, "postgresql.conf"), "a") as f:
+                f.write(_SERVER_SETTINGS)
+            primary = PostgresNode("primary", os.path.join(self.base, "primary"), 0, False)
+            self._run("cp", "-a", template, primary.datadir)
+            self.primary = primary
+            self.start_node(primary)
+            for database in self._databases:
+                primary.query(f'CREATE DATABASE "{database}"')
+            for index in range(self._replica_count):
+                self.replicas.append(self._clone_replica(f"replica{index + 1}"))
+            self.wait_for_replay()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _clone_replica(self, name: str) -> PostgresNode:
+        primary = self._require_primary()
+        node = PostgresNode(name, os.path.join(self.base, name), 0, True)
+        self._run(
+            "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port),
+            "-U", "postgres", "-D", node.datadir, "-R", "-X", "stream",
+            "-c", "fast", "--no-sync", "-C", "-S", name,
+        )  # fmt: skip
+        self.start_node(node)
+        return node
+
+    def start_node(self, node: PostgresNode) -> None:
+        """Start ``node`` (again), on a new free port if its port is taken."""
+        for _attempt in range(5):
+            if node.port == 0 or not _port_free(node.port):
+                node.port = _free_port()
+            with open(os.path.join(node.datadir, "postgresql.auto.conf"), "a") as f:
+                f.write(f"\nport = {node.port}\n")
+            log = os.path.join(node.datadir, "server.log")
+            result = self._run(
+                "pg_ctl", "-D", node.datadir, "-l", log, "-w", "-t", "60", "start",
+                check=False,
+            )  # fmt: skip
+            if result.returncode == 0:
+                node.running = True
+                return
+            with open(log, errors="replace") as f:
+                text = f.read()
+            if "could not bind" not in text and "already in use" not in text:
+                raise RuntimeError(f"Could not start PostgreSQL node {node.name}:\n{text}")
+            node.port = 0
+        raise RuntimeError(f"Could not find a free port for PostgreSQL node {node.name}.")
+
+    def stop_node(self, node: PostgresNode) -> None:
+        """Kill ``node`` at once (``pg_ctl stop -m immediate``): a crash."""
+        self._stop_datadir(node.datadir)
+        node.running = False
+
+    def close(self) -> None:
+        """Stop every node and delete the folder."""
+        for node in [*self.replicas, *([self.primary] if self.primary else [])]:
+            if node.running:
+                with contextlib.suppress(Exception):
+                    self.stop_node(node)
+        if self.base:
+            shutil.rmtree(self.base, ignore_errors=True)
+            self.base = ""
+
+    def __enter__(self) -> PostgresTopology:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- lag and faults ----------------------------------------------------
+
+    def pause_replay(self, *nodes: PostgresNode) -> None:
+        """Stop replicas (default: all) applying WAL: they show old data until
+        :meth:`resume_replay`.
+        """
+        for node in nodes or tuple(self.replicas):
+            node.query("SELECT pg_wal_replay_pause()")
+            deadline = time.monotonic() + 10
+            while node.query("SELECT pg_get_wal_replay_pause_state()")[0][0] != "paused":
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{node.name} did not pause replay.")
+                time.sleep(0.005)
+
+    def resume_replay(self, *nodes: PostgresNode) -> None:
+        """Let replicas (default: all) apply WAL again and wait until they
+        have caught up with the primary.
+        """
+        targets = nodes or tuple(self.replicas)
+        for node in targets:
+            node.query("SELECT pg_wal_replay_resume()")
+        self.wait_for_replay(*targets)
+
+    def wait_for_replay(self, *nodes: PostgresNode, timeout: float = 15) -> None:
+        """Wait until replicas (default: all running ones) have replayed
+        everything the primary has written so far.
+        """
+        target = self._require_primary().query("SELECT pg_current_wal_lsn()::text")[0][0]
+        deadline = time.monotonic() + timeout
+        for node in nodes or tuple(r for r in self.replicas if r.running):
+            while not node.query(
+                "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), %s::pg_lsn) >= 0",
+                (target,),
+            )[0][0]:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{node.name} did not reach {target}.")
+                time.sleep(0.005)
+
+    # -- internals -----------------------------------------------------------
+
+    def _require_primary(self) -> PostgresNode:
+        if self.primary is None:
+            raise RuntimeError("The topology is not started; call 'start()'.")
+        return self.primary
+
+    def _stop_datadir(self, datadir: str) -> None:
+        self._run("pg_ctl", "-D", datadir, "-m", "immediate", "-w", "stop", check=False)
+
+    def _chown(self, path: str) -> None:
+        if self._run_as is not None:
+            os.chown(path, *self._run_as)
+
+    def _run(
+        self, program: str, *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        executable = program if program == "cp" else os.path.join(self._bindir, program)
+        kwargs: dict[str, t.Any] = {}
+        if self._run_as is not None:
+            kwargs = {"user": self._run_as[0], "group": self._run_as[1], "extra_groups": []}
+        result = subprocess.run(
+            [executable, *args],
+            capture_output=True,
+            text=True,
+            cwd=self.base or None,
+            **kwargs,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(
+                f"{program} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+            )
+        return result
+
+
+def _default_base_dir() -> str:
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage("/dev/shm").free >= 1 << 30:
+            return "/dev/shm"
+    return tempfile.gettempdir()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _reap_abandoned(parent: str, stop: t.Callable[[str], None]) -> None:
+    """Stop servers left behind by a test run that was killed: a folder of
+    ours whose owning process is gone.
+    """
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(parent):
+            if not entry.startswith(_PREFIX):
+                continue
+            folder = os.path.join(parent, entry)
+            try:
+                with open(os.path.join(folder, "owner.pid")) as f:
+                    owner = int(f.read().strip())
+                os.kill(owner, 0)
+                continue  # its owner still runs
+            except (OSError, ValueError):
+                pass
+            for node in os.listdir(folder):
+                if os.path.exists(os.path.join(folder, node, "postmaster.pid")):
+                    stop(os.path.join(folder, node))
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- routing assertions ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedStatement:
+    """One statement seen by :class:`RoutingRecorder`.
+
+    :param cluster: Bind name, ``None`` for the default cluster.
+    :param role: Primary or replica.
+    :param replica: Index of the replica in the config, 0 for a primary.
+    :param sql: The SQL text sent to the database.
+
+    .. versionadded:: 0.1.0
+    """
+
+    cluster: str | None
+    role: Role
+    replica: int
+    sql: str
+
+
+class RoutingRecorder:
+    """Record the node each statement of an application went to.
+
+    ::
+
+        with RoutingRecorder(db, app) as log:
+            client.get("/report")
+        assert {s.role for s in log.statements} == {Role.REPLICA}
+
+    :param db: The extension.
+    :param app: The application; defaults to the current one.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, db: PartitionDB, app: Flask | None = None) -> None:
+        self._router = db.get_router(app)
+        self.statements: list[RecordedStatement] = []
+
+    def _listener(
+        self,
+        conn: sa.Connection,
+        cursor: t.Any,
+        statement: str,
+        parameters: t.Any,
+        context: t.Any,
+        executemany: bool,
+    ) -> None:
+        node = self._router.node(conn.engine)
+        if node is not None:
+            self.statements.append(RecordedStatement(node[0], node[1], node[2], statement))
+
+    def __enter__(self) -> RoutingRecorder:
+        for engine in self._router.engines():
+            sa.event.listen(engine, "before_cursor_execute", self._listener)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for engine in self._router.engines():
+            sa.event.remove(engine, "before_cursor_execute", self._listener)
+
+    def roles(self, cluster: str | None = None) -> list[Role]:
+        """The role of each recorded statement on ``cluster``, in order."""
+        return [s.role for s in self.statements if s.cluster == cluster]
+
+    def nodes(self, cluster: str | None = None) -> set[tuple[Role, int]]:
+        """The distinct (role, replica index) pairs used on ``cluster``."""
+        return {(s.role, s.replica) for s in self.statements if s.cluster == cluster}
+
+    def clear(self) -> None:
+        """Forget what was recorded so far."""
+        self.statements.clear()
+
+
+__all__ = [
+    "PostgresNode",
+    "PostgresTopology",
+    "RecordedStatement",
+    "RoutingRecorder",
+    "find_bindir",
+    "unavailable_reason",
+]
+
