@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import os
+import typing as t
+
+import pytest
+from flask import Flask
+from partition_models import db
+
+from flask_partition.testing import PostgresTopology
+from flask_partition.testing import unavailable_reason
+
+AppFactory = t.Callable[..., Flask]
+
+
+def _dispose(app: Flask) -> None:
+    for engine in db.get_router(app).engines():
+        engine.dispose()
+
+
+@pytest.fixture
+def make_app(tmp_path: t.Any) -> t.Iterator[AppFactory]:
+    """Build an app on SQLite files in a temp folder: a primary, a read-only
+    replica of the same file and an 'analytics' bind; keywords override config.
+    """
+    apps: list[Flask] = []
+
+    def factory(**config: t.Any) -> Flask:
+        app = Flask(f"test{len(apps)}", instance_path=str(tmp_path))
+        app.config.update(
+            TESTING=True,
+            PARTITION_DATABASE_URI="sqlite:///app.db",
+            PARTITION_REPLICAS=["sqlite:///app.db"],
+            PARTITION_BINDS={"analytics": "sqlite:///analytics.db"},
+        )
+        app.config.update(config)
+        db.init_app(app)
+        with app.app_context():
+            db.create_all()
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        _dispose(app)
+
+
+@pytest.fixture
+def app(make_app: AppFactory) -> Flask:
+    return make_app()
+
+
+@pytest.fixture(scope="session")
+def pg() -> t.Iterator[PostgresTopology]:
+    """A PostgreSQL primary with two streaming replicas for the whole run.
+
+    Databases: 'app' (default cluster) and 'analytics' (a bind). Locally
+    without PostgreSQL the tests that use it skip; in CI they fail.
+    """
+    reason = unavailable_reason()
+    if reason is not None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI needs PostgreSQL: {reason}")
+        pytest.skip(reason)
+    with PostgresTopology(replicas=2, databases=["app", "analytics"]) as topology:
+        yield topology
+
+
+@pytest.fixture
+def make_pg_app(pg: PostgresTopology) -> t.Iterator[AppFactory]:
+    """Build an app on the PostgreSQL topology with fresh tables; replay is
+    resumed after the test whatever it paused.
+    """
+    apps: list[Flask] = []
+
+    def factory(**config: t.Any) -> Flask:
+        assert pg.primary is not None
+        app = Flask(f"pg{len(apps)}")
+        app.config.update(
+            TESTING=True,
+            PARTITION_DATABASE_URI=pg.primary.url("app"),
+            PARTITION_REPLICAS=[r.url("app") for r in pg.replicas],
+            PARTITION_BINDS={
+                "analytics": {
+                    "primary": pg.primary.url("analytics"),
+                    "replicas": [r.url("analytics") for r in pg.replicas],
+                }
+            },
+        )
+        app.config.update(config)
+        db.init_app(app)
+        if not apps:
+            with app.app_context():
+                db.drop_all()
+                db.create_all()
+            pg.wait_for_replay()
+        apps.append(app)
+        return app
+
+    yield factory
+    pg.resume_replay()
+    for app in apps:
+        _dispose(app)
+
+
+@pytest.fixture
+def pg_app(make_pg_app: AppFactory) -> Flask:
+    return make_pg_app()

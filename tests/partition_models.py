@@ -1,0 +1,32 @@
+"""Models shared by the tests: one extension serving every test app."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+
+from flask_partition import PartitionDB
+
+db = PartitionDB()
+
+
+class Author(db.Model):
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(50))
+    counter: Mapped[int] = mapped_column(default=0)
+    books: Mapped[list[Book]] = sa_orm.relationship(back_populates="author")
+
+
+class Book(db.Model):
+    id: Mapped[int] = mapped_column(primary_key=True)
+    author_id: Mapped[int] = mapped_column(sa.ForeignKey("author.id"))
+    title: Mapped[str] = mapped_column(sa.String(50))
+    author: Mapped[Author] = sa_orm.relationship(back_populates="books")
+
+
+class Event(db.Model):
+    __bind_key__ = "analytics"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(50))
