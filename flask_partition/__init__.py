@@ -8,6 +8,7 @@ from .errors import CrossClusterError as CrossClusterError
 from .errors import ReadOnlyError as ReadOnlyError
 from .errors import UnknownClusterError as UnknownClusterError
 from .extension import PartitionDB as PartitionDB
+from .model import PartitionModel as PartitionModel
 from .pagination import Pagination as Pagination
 from .session import PartitionSession as PartitionSession
 

@@ -19,7 +19,9 @@ import sqlalchemy.exc as sa_exc
 REPLICA_POLICIES = ("round_robin", "random")
 
 _CLUSTER_KEYS = ("primary", "replicas", "engine_options")
-_PASSWORD_IN_URI = re.compile(r"(?P<head>://[^:/@\s]*:)[^@\s]*@")
+_PASSWORD_IN_URI = re.compile(r"(?P<head>://[^:/@\s]*:)[^\s/]*@")
+# Malformed URIs ("postgresql//user:pw@host") still carry "user:password@".
+_PASSWORD_LOOSE = re.compile(r"(?P<head>[^:/@\s]+:)(?!\*\*\*@)[^:/@\s]+@")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +65,8 @@ def mask_uri(value: object) -> str:
     """
     if isinstance(value, sa.URL):
         return value.render_as_string(hide_password=True)
-    return _PASSWORD_IN_URI.sub(r"\g<head>***@", str(value))
+    masked = _PASSWORD_IN_URI.sub(r"\g<head>***@", str(value))
+    return _PASSWORD_LOOSE.sub(r"\g<head>***@", masked)
 
 
 def parse_config(
@@ -151,9 +154,7 @@ def _bind(
     return ClusterConfig(
         name=name,
         primary=_url(value["primary"], f"{key}['primary']", instance_path),
-        replicas=_replicas(
-            value.get("replicas"), f"{key}['replicas']", instance_path
-        ),
+        replicas=_replicas(value.get("replicas"), f"{key}['replicas']", instance_path),
         engine_options=types.MappingProxyType(options),
     )
 
@@ -168,9 +169,7 @@ def _options(value: object, key: str) -> dict[str, t.Any]:
     return dict(value)
 
 
-def _replicas(
-    value: object, key: str, instance_path: str | None
-) -> tuple[sa.URL, ...]:
+def _replicas(value: object, key: str, instance_path: str | None) -> tuple[sa.URL, ...]:
     if value is None:
         return ()
     if not isinstance(value, (list, tuple)):

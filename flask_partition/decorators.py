@@ -10,9 +10,9 @@ import typing as t
 
 from flask import current_app
 
+from .routing import _plan
 from .routing import Plan
 from .routing import Role
-from .routing import _plan
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 

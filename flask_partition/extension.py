@@ -11,16 +11,15 @@ import typing as t
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as sa_orm
-from flask import Flask
 from flask import abort
 from flask import current_app
+from flask import Flask
 from flask.globals import app_ctx
 
 from .config import ClusterConfig
-from .config import Topology
 from .config import mask_uri
 from .config import parse_config
-from .errors import UnknownClusterError
+from .config import Topology
 from .model import make_model_base
 from .pagination import Pagination
 from .pagination import resolve_page_args
@@ -61,6 +60,9 @@ class PartitionDB:
     :param metadata: The default cluster's metadata, for naming conventions.
     :param session_options: Arguments for the :class:`PartitionSession`,
         e.g. ``{"expire_on_commit": False}``.
+    :param model_class: A declarative base of your own, subclassing
+        :class:`~flask_partition.model.PartitionModel`; it becomes
+        :attr:`Model`. Its metadata is the default cluster's.
 
     .. versionadded:: 0.1.0
     """
@@ -71,21 +73,22 @@ class PartitionDB:
         *,
         metadata: sa.MetaData | None = None,
         session_options: dict[str, t.Any] | None = None,
+        model_class: type[sa_orm.DeclarativeBase] | None = None,
     ) -> None:
-        if metadata is None:
+        if model_class is not None:
+            metadata = model_class.metadata
+        elif metadata is None:
             metadata = sa.MetaData()
         metadata.info["bind_key"] = None
         self._metadatas: dict[str | None, sa.MetaData] = {None: metadata}
         #: The declarative base for models: ``class User(db.Model): ...``.
-        self.Model = make_model_base(self, metadata)
+        self.Model = make_model_base(self, metadata, model_class)
         #: The session of the current application context.
-        self.session: sa_orm.scoped_session[PartitionSession] = (
-            sa_orm.scoped_session(
-                sa_orm.sessionmaker(
-                    class_=PartitionSession, db=self, **(session_options or {})
-                ),
-                scopefunc=_app_ctx_id,
-            )
+        self.session: sa_orm.scoped_session[PartitionSession] = sa_orm.scoped_session(
+            sa_orm.sessionmaker(
+                class_=PartitionSession, db=self, **(session_options or {})
+            ),
+            scopefunc=_app_ctx_id,
         )
         if app is not None:
             self.init_app(app)
@@ -200,7 +203,12 @@ class PartitionDB:
         router = self.get_router()
         keys: list[str | None]
         if bind == ALL:
-            keys = list(self._metadatas)
+            # This app's clusters, and any bind key a model declared (so a
+            # model whose key the app lacks is reported, not skipped).
+            keys = list(router.clusters)
+            keys += [
+                k for k, m in self._metadatas.items() if m.tables and k not in keys
+            ]
         elif bind is None or isinstance(bind, str):
             keys = [bind]
         else:
@@ -275,7 +283,7 @@ class PartitionDB:
         """
         page, per_page = resolve_page_args(page, per_page, max_per_page, error_out)
         pagination = Pagination(
-            self.session, select, page=page, per_page=per_page, count=count
+            self.session(), select, page=page, per_page=per_page, count=count
         )
         if error_out and page > 1 and not pagination.items:
             abort(404)
@@ -302,7 +310,9 @@ def _create_engine(url: sa.URL, config: ClusterConfig) -> sa.Engine:
     try:
         return sa.create_engine(url, **options)
     except (sa_exc.ArgumentError, ImportError, TypeError) as error:
-        label = "the default cluster" if config.name is None else f"bind {config.name!r}"
+        label = (
+            "the default cluster" if config.name is None else f"bind {config.name!r}"
+        )
         raise ValueError(
             f"Cannot create an engine for {mask_uri(url)!r} ({label}): {error}"
         ) from error

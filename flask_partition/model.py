@@ -37,18 +37,47 @@ class MetadataSource(t.Protocol):
     def _metadata_for(self, bind_key: str | None) -> sa.MetaData: ...
 
 
-class _PartitionModel:
-    """Mixin that runs before SQLAlchemy maps a subclass."""
+class PartitionModel:
+    """Mixin for a declarative base that handles ``__bind_key__`` and derives
+    ``__tablename__``.
+
+    ``db.Model`` already includes it. Type-checked code can declare its base
+    statically, which :pep:`484` checkers understand, and hand it over::
+
+        class Base(PartitionModel, sa_orm.DeclarativeBase):
+            pass
+
+        db = PartitionDB(model_class=Base)
+
+        class User(Base):
+            ...
+
+    .. versionadded:: 0.1.0
+    """
 
     __partition_metadata__: t.ClassVar[MetadataSource]
+    if t.TYPE_CHECKING:
+        metadata: t.ClassVar[sa.MetaData]
+        __tablename__: t.Any
 
     def __init_subclass__(cls, **kwargs: t.Any) -> None:
         own = cls.__dict__
         is_base = sa_orm.DeclarativeBase in cls.__bases__
-        if not is_base and not own.get("__abstract__", False) and "__table__" not in own:
+        if (
+            not is_base
+            and not own.get("__abstract__", False)
+            and "__table__" not in own
+        ):
             bind_key = own.get("__bind_key__")
             if bind_key is not None and "metadata" not in own:
-                cls.metadata = cls.__partition_metadata__._metadata_for(bind_key)
+                source = getattr(cls, "__partition_metadata__", None)
+                if source is None:
+                    raise RuntimeError(
+                        f"Model {cls.__name__!r} has '__bind_key__' but its base"
+                        " is not registered with a 'PartitionDB'. Pass the base as"
+                        " 'PartitionDB(model_class=Base)' before declaring models."
+                    )
+                cls.metadata = source._metadata_for(bind_key)
             if "__tablename__" not in own and _needs_own_table(cls):
                 cls.__tablename__ = camel_to_snake_case(cls.__name__)
         super().__init_subclass__(**kwargs)
@@ -73,14 +102,27 @@ def _needs_own_table(cls: type) -> bool:
 
 
 def make_model_base(
-    source: MetadataSource, metadata: sa.MetaData, name: str = "Model"
+    source: MetadataSource,
+    metadata: sa.MetaData,
+    model_class: type[sa_orm.DeclarativeBase] | None = None,
 ) -> type[sa_orm.DeclarativeBase]:
-    """Create the declarative base class for one extension.
+    """Return the declarative base for one extension.
 
     :param source: Hands out the metadata for each ``__bind_key__``.
-    :param metadata: The default cluster's metadata.
-    :param name: The class name of the base.
+    :param metadata: The default cluster's metadata, used for a new base.
+    :param model_class: A base the user declared; it must include
+        :class:`PartitionModel` and is registered with ``source``.
+    :raises TypeError: If ``model_class`` lacks :class:`PartitionModel`.
     """
+    if model_class is not None:
+        if not issubclass(model_class, PartitionModel):
+            raise TypeError(
+                f"'model_class' must subclass 'flask_partition.PartitionModel' and"
+                f" 'DeclarativeBase', got {model_class.__name__!r}. Declare it as"
+                f" 'class {model_class.__name__}(PartitionModel, DeclarativeBase)'."
+            )
+        model_class.__partition_metadata__ = source
+        return model_class
     namespace: dict[str, t.Any] = {
         "__partition_metadata__": source,
         "metadata": metadata,
@@ -88,5 +130,5 @@ def make_model_base(
     }
     return t.cast(
         "type[sa_orm.DeclarativeBase]",
-        type(name, (_PartitionModel, sa_orm.DeclarativeBase), namespace),
+        type("Model", (PartitionModel, sa_orm.DeclarativeBase), namespace),
     )

@@ -45,8 +45,10 @@ class Plan:
     pinned_by: str | None = None
 
 
+# Plan is a frozen dataclass, so sharing one default instance is safe.
 _plan: contextvars.ContextVar[Plan] = contextvars.ContextVar(
-    "flask_partition_plan", default=Plan()
+    "flask_partition_plan",
+    default=Plan(),  # noqa: B039
 )
 
 

@@ -17,10 +17,10 @@ from .errors import CrossClusterError
 from .errors import ReadOnlyError
 from .errors import UnknownClusterError
 from .replicas import Cluster
-from .routing import Intent
-from .routing import Role
 from .routing import _plan
 from .routing import classify
+from .routing import Intent
+from .routing import Role
 
 if t.TYPE_CHECKING:
     from .extension import PartitionDB
@@ -160,7 +160,7 @@ class PartitionSession(sa_orm.Session):
         self.written_clusters: set[str | None] = set()
         self._replica_of: dict[str | None, sa.Engine] = {}
 
-    def get_bind(  # type: ignore[override]
+    def get_bind(
         self,
         mapper: t.Any = None,
         *,

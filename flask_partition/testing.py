@@ -135,7 +135,7 @@ class PostgresNode:
             autocommit=True,
             connect_timeout=5,
         ) as conn:
-            cursor = conn.execute(sql.encode(), params)  # type: ignore[call-overload]
+            cursor = conn.execute(sql.encode(), params)
             return list(cursor.fetchall()) if cursor.description else []
 
 
@@ -199,7 +199,9 @@ class PostgresTopology:
             )  # fmt: skip
             with open(os.path.join(template, "postgresql.conf"), "a") as f:
                 f.write(_SERVER_SETTINGS)
-            primary = PostgresNode("primary", os.path.join(self.base, "primary"), 0, False)
+            primary = PostgresNode(
+                "primary", os.path.join(self.base, "primary"), 0, False
+            )
             self._run("cp", "-a", template, primary.datadir)
             self.primary = primary
             self.start_node(primary)
@@ -242,9 +244,13 @@ class PostgresTopology:
             with open(log, errors="replace") as f:
                 text = f.read()
             if "could not bind" not in text and "already in use" not in text:
-                raise RuntimeError(f"Could not start PostgreSQL node {node.name}:\n{text}")
+                raise RuntimeError(
+                    f"Could not start PostgreSQL node {node.name}:\n{text}"
+                )
             node.port = 0
-        raise RuntimeError(f"Could not find a free port for PostgreSQL node {node.name}.")
+        raise RuntimeError(
+            f"Could not find a free port for PostgreSQL node {node.name}."
+        )
 
     def stop_node(self, node: PostgresNode) -> None:
         """Kill ``node`` at once (``pg_ctl stop -m immediate``): a crash."""
@@ -276,7 +282,9 @@ class PostgresTopology:
         for node in nodes or tuple(self.replicas):
             node.query("SELECT pg_wal_replay_pause()")
             deadline = time.monotonic() + 10
-            while node.query("SELECT pg_get_wal_replay_pause_state()")[0][0] != "paused":
+            while (
+                node.query("SELECT pg_get_wal_replay_pause_state()")[0][0] != "paused"
+            ):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{node.name} did not pause replay.")
                 time.sleep(0.005)
@@ -294,7 +302,9 @@ class PostgresTopology:
         """Wait until replicas (default: all running ones) have replayed
         everything the primary has written so far.
         """
-        target = self._require_primary().query("SELECT pg_current_wal_lsn()::text")[0][0]
+        target = self._require_primary().query("SELECT pg_current_wal_lsn()::text")[0][
+            0
+        ]
         deadline = time.monotonic() + timeout
         for node in nodes or tuple(r for r in self.replicas if r.running):
             while not node.query(
@@ -325,7 +335,11 @@ class PostgresTopology:
         executable = program if program == "cp" else os.path.join(self._bindir, program)
         kwargs: dict[str, t.Any] = {}
         if self._run_as is not None:
-            kwargs = {"user": self._run_as[0], "group": self._run_as[1], "extra_groups": []}
+            kwargs = {
+                "user": self._run_as[0],
+                "group": self._run_as[1],
+                "extra_groups": [],
+            }
         result = subprocess.run(
             [executable, *args],
             capture_output=True,
@@ -335,7 +349,8 @@ class PostgresTopology:
         )
         if check and result.returncode != 0:
             raise RuntimeError(
-                f"{program} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+                f"{program} failed ({result.returncode}):\n"
+                f"{result.stdout}{result.stderr}"
             )
         return result
 
@@ -435,7 +450,9 @@ class RoutingRecorder:
     ) -> None:
         node = self._router.node(conn.engine)
         if node is not None:
-            self.statements.append(RecordedStatement(node[0], node[1], node[2], statement))
+            self.statements.append(
+                RecordedStatement(node[0], node[1], node[2], statement)
+            )
 
     def __enter__(self) -> RoutingRecorder:
         for engine in self._router.engines():
@@ -467,4 +484,3 @@ __all__ = [
     "find_bindir",
     "unavailable_reason",
 ]
-

@@ -5,12 +5,11 @@ import typing as t
 
 import pytest
 from flask import Flask
-from partition_models import db
 
 from flask_partition.testing import PostgresTopology
 from flask_partition.testing import unavailable_reason
-
-AppFactory = t.Callable[..., Flask]
+from partition_models import AppFactory
+from partition_models import db
 
 
 def _dispose(app: Flask) -> None:

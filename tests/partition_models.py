@@ -2,31 +2,43 @@
 
 from __future__ import annotations
 
+import typing as t
+
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
+from flask import Flask
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
 from flask_partition import PartitionDB
+from flask_partition import PartitionModel
 
-db = PartitionDB()
+#: Fixture type: build a Flask app with config overrides as keywords.
+AppFactory = t.Callable[..., Flask]
 
 
-class Author(db.Model):
+class Base(PartitionModel, sa_orm.DeclarativeBase):
+    """A static base, so mypy can check the models."""
+
+
+db = PartitionDB(model_class=Base)
+
+
+class Author(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(50))
     counter: Mapped[int] = mapped_column(default=0)
     books: Mapped[list[Book]] = sa_orm.relationship(back_populates="author")
 
 
-class Book(db.Model):
+class Book(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     author_id: Mapped[int] = mapped_column(sa.ForeignKey("author.id"))
     title: Mapped[str] = mapped_column(sa.String(50))
     author: Mapped[Author] = sa_orm.relationship(back_populates="books")
 
 
-class Event(db.Model):
+class Event(Base):
     __bind_key__ = "analytics"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(50))

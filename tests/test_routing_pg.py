@@ -5,12 +5,7 @@ a row the replicas have not replayed shows which node answered.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from conftest import AppFactory
 from flask import Flask
-from partition_models import Author
-from partition_models import Book
-from partition_models import Event
-from partition_models import db
 
 from flask_partition import PartitionSession
 from flask_partition import ReadOnlyError
@@ -19,6 +14,11 @@ from flask_partition import use_replica
 from flask_partition.routing import Role
 from flask_partition.testing import PostgresTopology
 from flask_partition.testing import RoutingRecorder
+from partition_models import AppFactory
+from partition_models import Author
+from partition_models import Book
+from partition_models import db
+from partition_models import Event
 
 
 def _names() -> list[str]:
@@ -151,8 +151,8 @@ def test_atomic_counter_from_two_sessions(pg: PostgresTopology, pg_app: Flask) -
         a = first.scalars(sa.select(Author)).one()
         b = second.scalars(sa.select(Author)).one()
         assert a.counter == b.counter == 0  # both loaded before either wrote
-        a.counter = Author.counter + 1  # type: ignore[assignment]
-        b.counter = Author.counter + 1  # type: ignore[assignment]
+        a.counter = Author.counter + 1
+        b.counter = Author.counter + 1
         first.commit()
         second.commit()
         assert b.counter == 2  # reloaded from the primary, not the paused replica
@@ -205,7 +205,9 @@ def test_text_under_use_replica_reaches_a_replica_which_refuses_writes(
     with pg_app.app_context(), use_replica():
         assert db.session.scalar(sa.text("SELECT pg_is_in_recovery()")) is True
         try:
-            db.session.execute(sa.text("INSERT INTO author (name, counter) VALUES ('x', 0)"))
+            db.session.execute(
+                sa.text("INSERT INTO author (name, counter) VALUES ('x', 0)")
+            )
         except sa.exc.InternalError as error:
             assert "read-only transaction" in str(error)
         else:
