@@ -91,17 +91,18 @@ def parse_config(
         config.get("PARTITION_ENGINE_OPTIONS"), "PARTITION_ENGINE_OPTIONS"
     )
     clusters: dict[str | None, ClusterConfig] = {
-        None: ClusterConfig(
-            name=None,
-            primary=_url(
+        None: _cluster(
+            None,
+            _url(
                 config["PARTITION_DATABASE_URI"],
                 "PARTITION_DATABASE_URI",
                 instance_path,
             ),
-            replicas=_replicas(
+            _replicas(
                 config.get("PARTITION_REPLICAS"), "PARTITION_REPLICAS", instance_path
             ),
-            engine_options=types.MappingProxyType(global_options),
+            global_options,
+            "'PARTITION_REPLICAS'",
         )
     }
     binds = config.get("PARTITION_BINDS")
@@ -151,12 +152,39 @@ def _bind(
         raise ValueError(f"{key} has no 'primary' URI; every cluster needs one.")
     options = dict(global_options)
     options.update(_options(value.get("engine_options"), f"{key}['engine_options']"))
+    return _cluster(
+        name,
+        _url(value["primary"], f"{key}['primary']", instance_path),
+        _replicas(value.get("replicas"), f"{key}['replicas']", instance_path),
+        options,
+        f"{key}['replicas']",
+    )
+
+
+def _cluster(
+    name: str | None,
+    primary: sa.URL,
+    replicas: tuple[sa.URL, ...],
+    options: dict[str, t.Any],
+    replicas_key: str,
+) -> ClusterConfig:
+    if replicas and primary.get_backend_name() == "sqlite" and _in_memory(primary):
+        raise ValueError(
+            f"{replicas_key} is set but the primary is an in-memory SQLite"
+            " database, which no other connection can read. Use a SQLite file"
+            " ('sqlite:///app.db') or remove the replicas."
+        )
     return ClusterConfig(
         name=name,
-        primary=_url(value["primary"], f"{key}['primary']", instance_path),
-        replicas=_replicas(value.get("replicas"), f"{key}['replicas']", instance_path),
+        primary=primary,
+        replicas=replicas,
         engine_options=types.MappingProxyType(options),
     )
+
+
+def _in_memory(url: sa.URL) -> bool:
+    database = url.database or ""
+    return database in ("", ":memory:") or url.query.get("mode") == "memory"
 
 
 def _options(value: object, key: str) -> dict[str, t.Any]:
@@ -215,10 +243,9 @@ def _sqlite_url(url: sa.URL, instance_path: str | None, *, replica: bool) -> sa.
     ``sqlite:///file:/abs/app.db?mode=ro&uri=true``. Writes sent to it then
     fail with "attempt to write a readonly database", as a real replica would.
     """
-    database = url.database or ""
-    in_memory = database in ("", ":memory:") or "mode=memory" in str(url)
-    if in_memory:
+    if _in_memory(url):
         return url
+    database = url.database or ""
     uri_form = url.query.get("uri") == "true" or database.startswith("file:")
     path = database[len("file:") :] if database.startswith("file:") else database
     if instance_path is not None and not os.path.isabs(path):

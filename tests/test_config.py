@@ -98,6 +98,14 @@ def test_bad_policy_and_engine_options() -> None:
     )
 
 
+def test_replicas_of_an_in_memory_sqlite_primary() -> None:
+    assert _error(ValueError, **BASE, PARTITION_REPLICAS=["sqlite://"]) == (
+        "'PARTITION_REPLICAS' is set but the primary is an in-memory SQLite"
+        " database, which no other connection can read. Use a SQLite file"
+        " ('sqlite:///app.db') or remove the replicas."
+    )
+
+
 def test_engine_options_merge_and_frozen_topology() -> None:
     topology = parse_config(
         {
