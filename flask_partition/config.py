@@ -250,13 +250,10 @@ def _sqlite_url(url: sa.URL, instance_path: str | None, *, replica: bool) -> sa.
     path = database[len("file:") :] if database.startswith("file:") else database
     if instance_path is not None and not os.path.isabs(path):
         path = os.path.join(instance_path, path)
-        if not uri_form:
-            database = path
-    if uri_form or replica:
-        database = f"file:{path}"
-        query = dict(url.query)
-        query["uri"] = "true"
-        if replica:
-            query["mode"] = "ro"
-        return url.set(database=database, query=query)
-    return url.set(database=database)
+    if not (uri_form or replica):
+        return url.set(database=path)
+    query = dict(url.query)
+    query["uri"] = "true"
+    if replica:
+        query["mode"] = "ro"
+    return url.set(database=f"file:{path}", query=query)
