@@ -124,7 +124,10 @@ class PartitionDB:
 
     def _make_cluster(self, config: ClusterConfig, policy: str) -> Cluster:
         primary = _create_engine(config.primary, config)
-        replicas = [_create_engine(url, config) for url in config.replicas]
+        replicas = [
+            _create_engine(url, config, replica=index)
+            for index, url in enumerate(config.replicas)
+        ]
         return Cluster(config.name, primary, replicas, make_policy(policy))
 
     def _teardown_session(self, exc: BaseException | None) -> None:
@@ -293,17 +296,31 @@ class PartitionDB:
         return f"<PartitionDB binds={sorted(k for k in self._metadatas if k)!r}>"
 
 
-def _create_engine(url: sa.URL, config: ClusterConfig) -> sa.Engine:
+def _create_engine(
+    url: sa.URL, config: ClusterConfig, *, replica: int | None = None
+) -> sa.Engine:
     options = dict(config.engine_options)
     if url.get_backend_name() == "sqlite":
         database = url.database or ""
         path = database[len("file:") :] if database.startswith("file:") else database
-        if path and path != ":memory:" and "mode=memory" not in str(url):
-            # A read-only replica cannot open a file that does not exist yet.
-            folder = os.path.dirname(os.path.abspath(path))
-            os.makedirs(folder, exist_ok=True)
-            if not os.path.exists(path):
-                open(path, "ab").close()
+        if path and path != ":memory:" and url.query.get("mode") != "memory":
+            if replica is None:
+                # Create the primary's file now: a read-only replica of it
+                # cannot open a file that does not exist yet.
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                if not os.path.exists(path):
+                    open(path, "ab").close()
+            elif not os.path.exists(path):
+                key = (
+                    "'PARTITION_REPLICAS'"
+                    if config.name is None
+                    else f"PARTITION_BINDS[{config.name!r}]['replicas']"
+                )
+                raise ValueError(
+                    f"{key}[{replica}] names the SQLite file {path!r}, which does"
+                    " not exist. A SQLite replica opens the primary's file"
+                    " read-only; use the primary's path."
+                )
         else:
             options.setdefault("poolclass", sa.pool.StaticPool)
             options.setdefault("connect_args", {"check_same_thread": False})

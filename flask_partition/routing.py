@@ -90,7 +90,10 @@ def classify(clause: sa.ClauseElement | None) -> Intent:
     if isinstance(clause, sa.Select):
         if clause._for_update_arg is not None:
             return Intent.WRITE
-        for column in clause.selected_columns:
+        # The raw column list, not 'selected_columns': the latter builds a
+        # new collection of every mapped column on each call, which cost more
+        # than a SQLite primary-key lookup in bench/overhead.py.
+        for column in clause._raw_columns:
             if _is_write_function(column):
                 return Intent.WRITE
         return Intent.READ

@@ -156,6 +156,21 @@ def test_init_app_errors_name_the_key(tmp_path: t.Any) -> None:
     assert "partition" not in app.extensions  # nothing half-registered
 
 
+def test_sqlite_replica_must_name_an_existing_file(tmp_path: t.Any) -> None:
+    app = Flask("typo", instance_path=str(tmp_path))
+    app.config["PARTITION_DATABASE_URI"] = "sqlite:///app.db"
+    app.config["PARTITION_REPLICAS"] = ["sqlite:///ap.db"]
+    with pytest.raises(ValueError) as info:
+        db.init_app(app)
+    assert str(info.value) == (
+        f"'PARTITION_REPLICAS'[0] names the SQLite file '{tmp_path}/ap.db', which"
+        " does not exist. A SQLite replica opens the primary's file read-only;"
+        " use the primary's path."
+    )
+    assert not (tmp_path / "ap.db").exists()
+    assert "partition" not in app.extensions
+
+
 def test_unknown_bind_key_in_a_model(tmp_path: t.Any) -> None:
     app = Flask("typo", instance_path=str(tmp_path))
     app.config["PARTITION_DATABASE_URI"] = "sqlite:///app.db"
