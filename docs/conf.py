@@ -38,6 +38,10 @@ exclude_patterns = ["_build"]
 nitpicky = False
 
 autodoc_typehints = "description"
+# Only parameters the docstrings describe get a type, so the exceptions do not
+# list SQLAlchemy's ``*arg, **kw`` and get_bind does not list its private
+# ``_sa_*`` arguments.
+autodoc_typehints_description_target = "documented_params"
 autodoc_member_order = "bysource"
 autodoc_preserve_defaults = True
 autoclass_content = "class"
