@@ -187,12 +187,19 @@ def _in_memory(url: sa.URL) -> bool:
     return database in ("", ":memory:") or url.query.get("mode") == "memory"
 
 
+def _quote(key: str) -> str:
+    """Quote a key for messages: 'PARTITION_REPLICAS[0]', but bind keys read
+    PARTITION_BINDS['auth']['replicas'] as written in Python.
+    """
+    return key if key.startswith("PARTITION_BINDS[") else f"'{key}'"
+
+
 def _options(value: object, key: str) -> dict[str, t.Any]:
     if value is None:
         return {}
     if not isinstance(value, t.Mapping):
         raise TypeError(
-            f"'{key}' must be a dict of 'create_engine' arguments, got {value!r}."
+            f"{_quote(key)} must be a dict of 'create_engine' arguments, got {value!r}."
         )
     return dict(value)
 
@@ -202,7 +209,7 @@ def _replicas(value: object, key: str, instance_path: str | None) -> tuple[sa.UR
         return ()
     if not isinstance(value, (list, tuple)):
         raise TypeError(
-            f"'{key}' must be a list of database URIs, got {mask_uri(value)!r}."
+            f"{_quote(key)} must be a list of database URIs, got {mask_uri(value)!r}."
         )
     return tuple(
         _url(item, f"{key}[{index}]", instance_path, replica=True)
@@ -213,7 +220,7 @@ def _replicas(value: object, key: str, instance_path: str | None) -> tuple[sa.UR
 def _url(
     value: object, key: str, instance_path: str | None, *, replica: bool = False
 ) -> sa.URL:
-    key = key if key.startswith("PARTITION_BINDS[") else f"'{key}'"
+    key = _quote(key)
     if isinstance(value, sa.URL):
         url = value
     elif isinstance(value, str):

@@ -16,13 +16,20 @@ from .routing import Role
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
+# Tokens of the active 'with' blocks, per context: one Pin object may be shared
+# by threads or tasks, and each must restore its own previous plan.
+_tokens: contextvars.ContextVar[tuple[contextvars.Token[Plan], ...]] = (
+    contextvars.ContextVar("flask_partition_pin_tokens", default=())
+)
+
 
 class Pin:
     """Change the routing plan for a block, as a context manager or a view
     decorator, and restore the previous plan afterwards, also on exceptions.
 
-    Instances come from :func:`use_primary` and :func:`use_replica`; the same
-    instance may be entered again while it is active (nesting).
+    Instances come from :func:`~flask_partition.use_primary` and
+    :func:`~flask_partition.use_replica`; the same instance may be entered
+    again while it is active (nesting), and from several threads or tasks.
 
     :param name: The helper's name, shown in errors.
     :param change: Returns the plan in force inside the block.
@@ -33,15 +40,16 @@ class Pin:
     def __init__(self, name: str, change: t.Callable[[Plan], Plan]) -> None:
         self.name = name
         self._change = change
-        self._tokens: list[contextvars.Token[Plan]] = []
 
     def __enter__(self) -> Plan:
         plan = self._change(_plan.get())
-        self._tokens.append(_plan.set(plan))
+        _tokens.set((*_tokens.get(), _plan.set(plan)))
         return plan
 
     def __exit__(self, *exc_info: object) -> None:
-        _plan.reset(self._tokens.pop())
+        stack = _tokens.get()
+        _tokens.set(stack[:-1])
+        _plan.reset(stack[-1])
 
     def __call__(self, view: F) -> F:
         """Decorate ``view`` so each call runs under this plan.

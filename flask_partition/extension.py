@@ -30,7 +30,8 @@ from .session import Router
 
 _T = t.TypeVar("_T")
 
-#: Pass as ``bind=`` to :meth:`PartitionDB.create_all` for every cluster.
+#: Pass as ``bind=`` to :meth:`~flask_partition.PartitionDB.create_all`
+#: for every cluster.
 ALL: t.Final = "__all__"
 
 
@@ -190,7 +191,8 @@ class PartitionDB:
         """Create missing tables on each cluster's primary.
 
         :param bind: A bind key, a list of them, ``None`` for the default
-            cluster, or :data:`ALL` (default) for every cluster.
+            cluster, or :data:`~flask_partition.extension.ALL` (default) for
+            every cluster.
         :raises UnknownClusterError: A model or ``bind`` names a bind the app
             did not configure.
         """
@@ -312,12 +314,12 @@ def _create_engine(
                     open(path, "ab").close()
             elif not os.path.exists(path):
                 key = (
-                    "'PARTITION_REPLICAS'"
+                    f"'PARTITION_REPLICAS[{replica}]'"
                     if config.name is None
-                    else f"PARTITION_BINDS[{config.name!r}]['replicas']"
+                    else f"PARTITION_BINDS[{config.name!r}]['replicas'][{replica}]"
                 )
                 raise ValueError(
-                    f"{key}[{replica}] names the SQLite file {path!r}, which does"
+                    f"{key} names the SQLite file {path!r}, which does"
                     " not exist. A SQLite replica opens the primary's file"
                     " read-only; use the primary's path."
                 )

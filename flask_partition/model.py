@@ -68,8 +68,14 @@ class PartitionModel:
             and not own.get("__abstract__", False)
             and "__table__" not in own
         ):
-            bind_key = own.get("__bind_key__")
-            if bind_key is not None and "metadata" not in own:
+            # Inherited from a mixin or abstract base too, as in Flask-SQLAlchemy.
+            bind_key = getattr(cls, "__bind_key__", None)
+            inherited = getattr(cls, "metadata", None)
+            if (
+                bind_key is not None
+                and "metadata" not in own
+                and (inherited is None or inherited.info.get("bind_key") != bind_key)
+            ):
                 source = getattr(cls, "__partition_metadata__", None)
                 if source is None:
                     raise RuntimeError(

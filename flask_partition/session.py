@@ -178,7 +178,7 @@ class PartitionSession(sa_orm.Session):
 
         :param mapper: The mapped class or mapper the statement is about.
         :param clause: The statement, ``None`` for a flush or a bare
-            :meth:`connection` call.
+            :meth:`~sqlalchemy.orm.Session.connection` call.
         :param bind: An explicit engine or connection, returned as is.
         :param kw: Other ``bind_arguments``; ``bind_key`` names a cluster.
         :raises ReadOnlyError: For a write inside

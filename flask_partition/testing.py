@@ -266,6 +266,8 @@ class PostgresTopology:
         if self.base:
             shutil.rmtree(self.base, ignore_errors=True)
             self.base = ""
+        self.primary = None
+        self.replicas = []
 
     def __enter__(self) -> PostgresTopology:
         return self.start()

@@ -84,6 +84,14 @@ def test_bad_bind_values() -> None:
     )
 
 
+def test_bind_keys_are_named_as_written_in_python() -> None:
+    binds = {"a": {"primary": "sqlite://", "replicas": "sqlite://"}}
+    assert _error(TypeError, **BASE, PARTITION_BINDS=binds) == (
+        "PARTITION_BINDS['a']['replicas'] must be a list of database URIs,"
+        " got 'sqlite://'."
+    )
+
+
 def test_bad_policy_and_engine_options() -> None:
     assert _error(ValueError, **BASE, PARTITION_REPLICA_POLICY="fastest") == (
         "'PARTITION_REPLICA_POLICY' must be one of 'round_robin', 'random', got"
@@ -163,7 +171,7 @@ def test_sqlite_replica_must_name_an_existing_file(tmp_path: t.Any) -> None:
     with pytest.raises(ValueError) as info:
         db.init_app(app)
     assert str(info.value) == (
-        f"'PARTITION_REPLICAS'[0] names the SQLite file '{tmp_path}/ap.db', which"
+        f"'PARTITION_REPLICAS[0]' names the SQLite file '{tmp_path}/ap.db', which"
         " does not exist. A SQLite replica opens the primary's file read-only;"
         " use the primary's path."
     )

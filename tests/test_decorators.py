@@ -132,6 +132,33 @@ def test_context_managers_nest_and_restore_on_exceptions(app: Flask) -> None:
         assert current_plan() == Plan()
 
 
+def test_one_pin_object_shared_by_threads() -> None:
+    import threading
+
+    pin = use_primary()
+    inside = threading.Barrier(2)
+    seen: list[Plan] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with pin:
+                inside.wait(timeout=5)  # both threads inside at once
+                seen.append(current_plan())
+                inside.wait(timeout=5)
+            seen.append(current_plan())
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(p.role is Role.PRIMARY for p in seen) == [False, False, True, True]
+
+
 def test_state_restored_after_a_failing_view(app: Flask) -> None:
     @app.get("/boom")
     @use_primary

@@ -152,6 +152,23 @@ def test_table_names_follow_flask_sqlalchemy() -> None:
     assert set(local.metadata.tables) == {"vehicle", "race_car", "explicit_name"}
 
 
+def test_bind_key_is_inherited_from_a_mixin() -> None:
+    local = PartitionDB()
+
+    class InAnalytics:
+        __bind_key__ = "analytics"
+
+    class Metric(InAnalytics, local.Model):  # type: ignore[name-defined,misc]
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Plain(local.Model):  # type: ignore[name-defined,misc]
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    assert Metric.metadata is local.metadatas["analytics"]
+    assert set(local.metadatas["analytics"].tables) == {"metric"}
+    assert Plain.metadata is local.metadata
+
+
 def test_or_404_helpers(app: Flask) -> None:
     with app.app_context():
         db.session.add_all([Author(name="a"), Author(name="b")])
