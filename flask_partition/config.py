@@ -187,6 +187,19 @@ def _in_memory(url: sa.URL) -> bool:
     return database in ("", ":memory:") or url.query.get("mode") == "memory"
 
 
+def sqlite_file(url: sa.URL) -> str | None:
+    """Return the file path of a SQLite URL, ``None`` for an in-memory one.
+
+    Strips the ``file:`` prefix of URI filenames (``uri=true``).
+
+    :param url: A URL whose backend is SQLite.
+    """
+    if _in_memory(url):
+        return None
+    database = url.database or ""
+    return database[len("file:") :] if database.startswith("file:") else database
+
+
 def _quote(key: str) -> str:
     """Quote a key for messages: 'PARTITION_REPLICAS[0]', but bind keys read
     PARTITION_BINDS['auth']['replicas'] as written in Python.
@@ -250,11 +263,12 @@ def _sqlite_url(url: sa.URL, instance_path: str | None, *, replica: bool) -> sa.
     ``sqlite:///file:/abs/app.db?mode=ro&uri=true``. Writes sent to it then
     fail with "attempt to write a readonly database", as a real replica would.
     """
-    if _in_memory(url):
+    path = sqlite_file(url)
+    if path is None:
         return url
-    database = url.database or ""
-    uri_form = url.query.get("uri") == "true" or database.startswith("file:")
-    path = database[len("file:") :] if database.startswith("file:") else database
+    uri_form = url.query.get("uri") == "true" or (url.database or "").startswith(
+        "file:"
+    )
     if instance_path is not None and not os.path.isabs(path):
         path = os.path.join(instance_path, path)
     if not (uri_form or replica):

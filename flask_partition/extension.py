@@ -19,6 +19,7 @@ from flask.globals import app_ctx
 from .config import ClusterConfig
 from .config import mask_uri
 from .config import parse_config
+from .config import sqlite_file
 from .config import Topology
 from .model import make_model_base
 from .pagination import Pagination
@@ -303,9 +304,8 @@ def _create_engine(
 ) -> sa.Engine:
     options = dict(config.engine_options)
     if url.get_backend_name() == "sqlite":
-        database = url.database or ""
-        path = database[len("file:") :] if database.startswith("file:") else database
-        if path and path != ":memory:" and url.query.get("mode") != "memory":
+        path = sqlite_file(url)
+        if path is not None:
             if replica is None:
                 # Create the primary's file now: a read-only replica of it
                 # cannot open a file that does not exist yet.
