@@ -33,6 +33,8 @@ class ClusterConfig:
     :param replicas: The URLs of the read replicas, possibly empty.
     :param engine_options: Keyword arguments for :func:`sqlalchemy.create_engine`,
         the global options merged with this cluster's own.
+    :param replicas_key: The config key of the replica list, for messages.
+    :param is_shard: The cluster is a shard (``PARTITION_SHARDS``).
 
     .. versionadded:: 0.1.0
     """
@@ -41,6 +43,8 @@ class ClusterConfig:
     primary: sa.URL
     replicas: tuple[sa.URL, ...]
     engine_options: t.Mapping[str, t.Any]
+    replicas_key: str = "'PARTITION_REPLICAS'"
+    is_shard: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +57,12 @@ class Topology:
 
     clusters: t.Mapping[str | None, ClusterConfig]
     replica_policy: str
+    #: The shard clusters by shard name, in configured order (may be empty).
+    shards: t.Mapping[str, ClusterConfig] = dataclasses.field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
+    #: Threads that run a scattered read on the shards at the same time.
+    scatter_workers: int = 8
 
 
 def mask_uri(value: object) -> str:
@@ -118,14 +128,56 @@ def parse_config(
             raise TypeError(
                 f"'PARTITION_BINDS' keys must be non-empty strings, got {name!r}."
             )
-        clusters[name] = _bind(name, value, global_options, instance_path)
+        clusters[name] = _bind(
+            name, value, global_options, instance_path, "PARTITION_BINDS"
+        )
+    shards = _shards(config.get("PARTITION_SHARDS"), global_options, instance_path)
+    for name in shards:
+        if name in clusters:
+            raise ValueError(
+                f"'PARTITION_SHARDS' and 'PARTITION_BINDS' both define {name!r}."
+                " Bind and shard names share one namespace of clusters; rename"
+                " one of them."
+            )
     policy = config.get("PARTITION_REPLICA_POLICY", "round_robin")
     if policy not in REPLICA_POLICIES:
         choices = ", ".join(repr(p) for p in REPLICA_POLICIES)
         raise ValueError(
             f"'PARTITION_REPLICA_POLICY' must be one of {choices}, got {policy!r}."
         )
-    return Topology(clusters=types.MappingProxyType(clusters), replica_policy=policy)
+    workers = config.get("PARTITION_SCATTER_WORKERS", max(8, 2 * len(shards)))
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(
+            f"'PARTITION_SCATTER_WORKERS' must be a positive integer, got {workers!r}."
+        )
+    return Topology(
+        clusters=types.MappingProxyType(clusters),
+        replica_policy=policy,
+        shards=types.MappingProxyType(shards),
+        scatter_workers=workers,
+    )
+
+
+def _shards(
+    value: object, global_options: dict[str, t.Any], instance_path: str | None
+) -> dict[str, ClusterConfig]:
+    if value is None:
+        return {}
+    if not isinstance(value, t.Mapping):
+        raise TypeError(
+            "'PARTITION_SHARDS' must be a dict of shard names to database URIs or"
+            f" cluster dicts, got {mask_uri(value)!r}."
+        )
+    shards: dict[str, ClusterConfig] = {}
+    for name, item in value.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(
+                f"'PARTITION_SHARDS' keys must be non-empty strings, got {name!r}."
+            )
+        shards[name] = _bind(
+            name, item, global_options, instance_path, "PARTITION_SHARDS"
+        )
+    return shards
 
 
 def _bind(
@@ -133,8 +185,9 @@ def _bind(
     value: object,
     global_options: dict[str, t.Any],
     instance_path: str | None,
+    family: str,
 ) -> ClusterConfig:
-    key = f"PARTITION_BINDS[{name!r}]"
+    key = f"{family}[{name!r}]"
     if isinstance(value, (str, sa.URL)):
         value = {"primary": value}
     if not isinstance(value, t.Mapping):
@@ -179,6 +232,8 @@ def _cluster(
         primary=primary,
         replicas=replicas,
         engine_options=types.MappingProxyType(options),
+        replicas_key=replicas_key,
+        is_shard=replicas_key.startswith("PARTITION_SHARDS["),
     )
 
 
@@ -201,10 +256,12 @@ def sqlite_file(url: sa.URL) -> str | None:
 
 
 def _quote(key: str) -> str:
-    """Quote a key for messages: 'PARTITION_REPLICAS[0]', but bind keys read
-    PARTITION_BINDS['auth']['replicas'] as written in Python.
+    """Quote a key for messages: 'PARTITION_REPLICAS[0]', but bind and shard
+    keys read PARTITION_BINDS['auth']['replicas'] as written in Python.
     """
-    return key if key.startswith("PARTITION_BINDS[") else f"'{key}'"
+    return (
+        key if key.startswith(("PARTITION_BINDS[", "PARTITION_SHARDS[")) else f"'{key}'"
+    )
 
 
 def _options(value: object, key: str) -> dict[str, t.Any]:

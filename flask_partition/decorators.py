@@ -1,14 +1,16 @@
-"""``use_primary`` and ``use_replica``: view decorators and context managers
-that pin where the statements of a block go.
+"""``use_primary``, ``use_replica`` and ``use_shard``: view decorators and
+context managers that pin where the statements of a block go.
 """
 
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import typing as t
 
 from flask import current_app
+from flask import has_app_context
 
 from .routing import _plan
 from .routing import Plan
@@ -43,6 +45,7 @@ class Pin:
 
     def __enter__(self) -> Plan:
         plan = self._change(_plan.get())
+        _check_shard(plan)
         _tokens.set((*_tokens.get(), _plan.set(plan)))
         return plan
 
@@ -61,7 +64,9 @@ class Pin:
 
         @functools.wraps(view)
         def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
-            token = _plan.set(change(_plan.get()))
+            plan = change(_plan.get())
+            _check_shard(plan)
+            token = _plan.set(plan)
             try:
                 return current_app.ensure_sync(view)(*args, **kwargs)
             finally:
@@ -73,12 +78,26 @@ class Pin:
         return f"<{self.name}>"
 
 
+def _check_shard(plan: Plan) -> None:
+    """Refuse an unknown shard as soon as the block starts, when an app is
+    there to tell which shards exist.
+    """
+    if plan.shard is not None and has_app_context():
+        state = current_app.extensions.get("partition.state")
+        if state is not None:
+            state.router.shard(plan.shard, context=" (from 'use_shard')")
+
+
 def _to_primary(plan: Plan) -> Plan:
-    return Plan(role=Role.PRIMARY, read_only=False, pinned_by="use_primary")
+    return dataclasses.replace(
+        plan, role=Role.PRIMARY, read_only=False, pinned_by="use_primary"
+    )
 
 
 def _to_replica(plan: Plan) -> Plan:
-    return Plan(role=Role.REPLICA, read_only=True, pinned_by="use_replica")
+    return dataclasses.replace(
+        plan, role=Role.REPLICA, read_only=True, pinned_by="use_replica"
+    )
 
 
 @t.overload
@@ -135,3 +154,34 @@ def use_replica(view: F | None = None) -> F | Pin:
     """
     pin = Pin("use_replica", _to_replica)
     return pin if view is None else pin(view)
+
+
+def use_shard(name: str) -> Pin:
+    """Send the statements of sharded models in a view or block to one shard.
+
+    Reads of sharded models go to that shard only (its replica, unless the
+    session wrote there or :func:`use_primary` is in force); new rows must
+    map to it, or :class:`~flask_partition.errors.ShardKeyError` is raised
+    before anything is written. Unsharded models are not affected. It
+    composes with :func:`use_primary` and :func:`use_replica`::
+
+        @app.get("/eu/stats")
+        @use_shard("eu")
+        def eu_stats(): ...
+
+        with use_shard("us"), use_replica():
+            db.session.scalars(select(Order))
+
+    :param name: A shard configured in ``PARTITION_SHARDS``. An unknown name
+        raises :class:`~flask_partition.errors.UnknownShardError` when the
+        block starts (inside an app context) or at the first statement.
+
+    .. versionadded:: 0.1.0
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"'use_shard' needs a shard name, got {name!r}.")
+
+    def change(plan: Plan) -> Plan:
+        return dataclasses.replace(plan, shard=name)
+
+    return Pin(f"use_shard({name!r})", change)

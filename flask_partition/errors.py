@@ -33,3 +33,45 @@ class CrossClusterError(sa_exc.UnboundExecutionError):
 
     .. versionadded:: 0.1.0
     """
+
+
+class UnknownShardError(UnknownClusterError):
+    """A shard name (from code, a shard map or a request) is not configured in
+    ``PARTITION_SHARDS``. The message names it and the configured shards.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class ShardingError(sa_exc.InvalidRequestError):
+    """Base class of the errors that keep sharded data where it belongs.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class ShardKeyError(ShardingError):
+    """A sharded row has no shard key value, its key was changed, or its key
+    maps to another shard than the one pinned with
+    :func:`~flask_partition.use_shard`. Raised before any SQL is sent.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class ScatterError(ShardingError):
+    """A statement would run on every shard and that is not allowed or not
+    correct: a write without a shard, or a read whose results cannot be
+    merged exactly (for example ``avg()`` or a window function).
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class AmbiguousShardError(ShardingError, sa_exc.MultipleResultsFound):
+    """:meth:`Session.get <sqlalchemy.orm.Session.get>` found the primary key
+    on more than one shard. Give the shard (``use_shard``,
+    ``identity_token=``) or use keys unique across shards.
+
+    .. versionadded:: 0.1.0
+    """

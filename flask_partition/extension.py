@@ -14,6 +14,7 @@ import sqlalchemy.orm as sa_orm
 from flask import abort
 from flask import current_app
 from flask import Flask
+from flask import g
 from flask.globals import app_ctx
 
 from .config import ClusterConfig
@@ -26,14 +27,17 @@ from .pagination import Pagination
 from .pagination import resolve_page_args
 from .replicas import Cluster
 from .replicas import make_policy
+from .routing import _plan
 from .session import PartitionSession
 from .session import Router
+from .sharding import ShardMap
 
 _T = t.TypeVar("_T")
 
 #: Pass as ``bind=`` to :meth:`~flask_partition.PartitionDB.create_all`
 #: for every cluster.
 ALL: t.Final = "__all__"
+_UNSET: t.Any = object()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +69,19 @@ class PartitionDB:
     :param model_class: A declarative base of your own, subclassing
         :class:`~flask_partition.model.PartitionModel`; it becomes
         :attr:`Model`. Its metadata is the default cluster's.
+    :param shard_map: Maps shard key values to shard names: a
+        :class:`~flask_partition.sharding.ShardMap` or a function
+        ``key -> shard``. Default: a
+        :class:`~flask_partition.sharding.HashShardMap` over the configured
+        shards.
+    :param shard_chooser: Replaces the key-based choice of a new row's shard,
+        with the signature of SQLAlchemy's ``ShardedSession``
+        ``shard_chooser(mapper, instance, clause)``.
+    :param identity_chooser: Replaces where ``session.get()`` looks:
+        ``identity_chooser(mapper, primary_key, **kw) -> [shards]``.
+    :param execute_chooser: Replaces which shards a statement without an
+        explicit shard runs on: ``execute_chooser(orm_execute_state) ->
+        [shards]``. Several shards still run in parallel and merge exactly.
 
     .. versionadded:: 0.1.0
     """
@@ -76,6 +93,10 @@ class PartitionDB:
         metadata: sa.MetaData | None = None,
         session_options: dict[str, t.Any] | None = None,
         model_class: type[sa_orm.DeclarativeBase] | None = None,
+        shard_map: ShardMap | t.Callable[[t.Any], str] | None = None,
+        shard_chooser: t.Callable[..., t.Any] | None = None,
+        identity_chooser: t.Callable[..., t.Iterable[t.Any]] | None = None,
+        execute_chooser: t.Callable[..., t.Iterable[t.Any]] | None = None,
     ) -> None:
         if model_class is not None:
             metadata = model_class.metadata
@@ -83,6 +104,14 @@ class PartitionDB:
             metadata = sa.MetaData()
         metadata.info["bind_key"] = None
         self._metadatas: dict[str | None, sa.MetaData] = {None: metadata}
+        self._shard_metadata = sa.MetaData(info={"bind_key": None, "sharded": True})
+        self._shard_options: dict[str, t.Any] = {
+            "shard_map": shard_map,
+            "shard_chooser": shard_chooser,
+            "identity_chooser": identity_chooser,
+            "execute_chooser": execute_chooser,
+        }
+        self._shard_resolver: t.Callable[[], str | None] | None = None
         #: The declarative base for models: ``class User(db.Model): ...``.
         self.Model = make_model_base(self, metadata, model_class)
         #: The session of the current application context.
@@ -116,13 +145,65 @@ class PartitionDB:
             name: self._make_cluster(cluster, topology.replica_policy)
             for name, cluster in topology.clusters.items()
         }
+        shards = {
+            name: self._make_cluster(cluster, topology.replica_policy)
+            for name, cluster in topology.shards.items()
+        }
         for name in topology.clusters:
             self._metadata_for(name)
+        router = Router(
+            clusters,
+            shards,
+            scatter_workers=topology.scatter_workers,
+            **self._shard_options,
+        )
         app.extensions["partition"] = self
         app.extensions["partition.state"] = PartitionState(
-            db=self, topology=topology, router=Router(clusters)
+            db=self, topology=topology, router=router
         )
+        app.before_request(self._resolve_shard)
+        app.teardown_request(self._reset_shard)
         app.teardown_appcontext(self._teardown_session)
+
+    def shard_resolver(
+        self, resolver: t.Callable[[], str | None]
+    ) -> t.Callable[[], str | None]:
+        """Register a function that picks the shard of each request, for
+        multi-tenant apps where the shard follows from the request::
+
+            @db.shard_resolver
+            def shard_from_subdomain():
+                return request.host.split(".")[0]
+
+        It runs before each request of every app using this instance. Its
+        answer pins sharded models as :func:`~flask_partition.use_shard`
+        would (a view's own ``use_shard`` still wins); ``None`` pins
+        nothing. A name that is not in ``PARTITION_SHARDS`` aborts the
+        request with 404, since it came from the client.
+
+        :param resolver: Takes no argument, reads :data:`flask.request`.
+
+        .. versionadded:: 0.1.0
+        """
+        self._shard_resolver = resolver
+        return resolver
+
+    def _resolve_shard(self) -> None:
+        if self._shard_resolver is None:
+            return
+        name = self._shard_resolver()
+        if name is None:
+            return
+        if name not in self.get_router().shards:
+            abort(404, description=f"Unknown shard {str(name)[:64]!r}.")
+        g._partition_shard_token = _plan.set(
+            dataclasses.replace(_plan.get(), shard=name)
+        )
+
+    def _reset_shard(self, exc: BaseException | None) -> None:
+        token = g.pop("_partition_shard_token", None)
+        if token is not None:
+            _plan.reset(token)
 
     def _make_cluster(self, config: ClusterConfig, policy: str) -> Cluster:
         primary = _create_engine(config.primary, config)
@@ -142,6 +223,15 @@ class PartitionDB:
             metadata = sa.MetaData(info={"bind_key": bind_key})
             self._metadatas[bind_key] = metadata
             return metadata
+
+    @property
+    def shard_metadata(self) -> sa.MetaData:
+        """The metadata of sharded tables (models with ``__shard_key__``).
+
+        A Core table joins it to be sharded; name its key column in
+        ``info={"shard_key": "customer_id"}``.
+        """
+        return self._shard_metadata
 
     def get_state(self, app: Flask | None = None) -> PartitionState:
         """Return what :meth:`init_app` built for ``app``.
@@ -188,43 +278,77 @@ class PartitionDB:
         """The current app's default primary engine."""
         return self.get_router().default.primary
 
-    def create_all(self, bind: str | None | t.Iterable[str | None] = ALL) -> None:
-        """Create missing tables on each cluster's primary.
+    def create_all(
+        self,
+        bind: str | None | t.Iterable[str | None] = _UNSET,
+        *,
+        shard: str | t.Iterable[str] = _UNSET,
+    ) -> None:
+        """Create missing tables on each cluster's primary, and the sharded
+        tables on every shard's primary.
+
+        With neither argument, everything is created. ``bind`` alone narrows
+        to those binds, ``shard`` alone to those shards.
 
         :param bind: A bind key, a list of them, ``None`` for the default
-            cluster, or :data:`~flask_partition.extension.ALL` (default) for
-            every cluster.
+            cluster, or :data:`~flask_partition.extension.ALL`.
+        :param shard: A shard name, a list of them, or
+            :data:`~flask_partition.extension.ALL`.
         :raises UnknownClusterError: A model or ``bind`` names a bind the app
-            did not configure.
+            did not configure; :class:`~flask_partition.errors.UnknownShardError`
+            for an unknown ``shard``.
         """
-        self._call_for_binds(bind, "create_all")
+        self._call_for_clusters(bind, shard, "create_all")
 
-    def drop_all(self, bind: str | None | t.Iterable[str | None] = ALL) -> None:
-        """Drop tables on each cluster's primary; see :meth:`create_all`."""
-        self._call_for_binds(bind, "drop_all")
-
-    def _call_for_binds(
-        self, bind: str | None | t.Iterable[str | None], operation: str
+    def drop_all(
+        self,
+        bind: str | None | t.Iterable[str | None] = _UNSET,
+        *,
+        shard: str | t.Iterable[str] = _UNSET,
     ) -> None:
+        """Drop tables on each cluster's and shard's primary; see
+        :meth:`create_all`.
+        """
+        self._call_for_clusters(bind, shard, "drop_all")
+
+    def _call_for_clusters(self, bind: t.Any, shard: t.Any, operation: str) -> None:
+        if bind is _UNSET and shard is _UNSET:
+            bind = shard = ALL
         router = self.get_router()
-        keys: list[str | None]
+        engines: list[tuple[sa.MetaData, sa.Engine]] = []
+        if bind is not _UNSET:
+            for key in self._bind_keys(bind, router):
+                metadata = self._metadata_for(key)
+                tables = ", ".join(repr(name) for name in metadata.tables)
+                context = f" (tables {tables})" if tables else ""
+                engines.append((metadata, router.cluster(key, context=context).primary))
+        if shard is not _UNSET:
+            if shard == ALL:
+                names = list(router.shards)
+                if not names and self._shard_metadata.tables:
+                    router.shard(None, context=" (sharded tables exist)")
+            elif isinstance(shard, str):
+                names = [shard]
+            else:
+                names = list(shard)
+            for name in names:
+                cluster = router.shard(name, context=f" (in '{operation}')")
+                engines.append((self._shard_metadata, cluster.primary))
+        for metadata, engine in engines:
+            getattr(metadata, operation)(bind=engine)
+
+    def _bind_keys(self, bind: t.Any, router: Router) -> list[str | None]:
         if bind == ALL:
             # This app's clusters, and any bind key a model declared (so a
             # model whose key the app lacks is reported, not skipped).
-            keys = list(router.clusters)
+            keys: list[str | None] = list(router.clusters)
             keys += [
                 k for k, m in self._metadatas.items() if m.tables and k not in keys
             ]
-        elif bind is None or isinstance(bind, str):
-            keys = [bind]
-        else:
-            keys = list(bind)
-        for key in keys:
-            metadata = self._metadata_for(key)
-            tables = ", ".join(repr(name) for name in metadata.tables)
-            context = f" (tables {tables})" if tables else ""
-            engine = router.cluster(key, context=context).primary
-            getattr(metadata, operation)(bind=engine)
+            return keys
+        if bind is None or isinstance(bind, str):
+            return [bind]
+        return list(bind)
 
     def get_or_404(
         self,
@@ -313,10 +437,11 @@ def _create_engine(
                 if not os.path.exists(path):
                     open(path, "ab").close()
             elif not os.path.exists(path):
+                key = config.replicas_key
                 key = (
-                    f"'PARTITION_REPLICAS[{replica}]'"
-                    if config.name is None
-                    else f"PARTITION_BINDS[{config.name!r}]['replicas'][{replica}]"
+                    f"{key[:-1]}[{replica}]'"
+                    if key.endswith("'PARTITION_REPLICAS'")
+                    else f"{key}[{replica}]"
                 )
                 raise ValueError(
                     f"{key} names the SQLite file {path!r}, which does"

@@ -32,14 +32,19 @@ def camel_to_snake_case(name: str) -> str:
 
 
 class MetadataSource(t.Protocol):
-    """What the base needs from its extension: the metadata of a bind key."""
+    """What the base needs from its extension: the metadata of a bind key,
+    and the metadata of sharded tables.
+    """
 
     def _metadata_for(self, bind_key: str | None) -> sa.MetaData: ...
 
+    @property
+    def shard_metadata(self) -> sa.MetaData: ...
+
 
 class PartitionModel:
-    """Mixin for a declarative base that handles ``__bind_key__`` and derives
-    ``__tablename__``.
+    """Mixin for a declarative base that handles ``__bind_key__`` and
+    ``__shard_key__`` and derives ``__tablename__``.
 
     ``db.Model`` already includes it. Type-checked code can declare its base
     statically, which :pep:`484` checkers understand, and hand it over::
@@ -70,8 +75,11 @@ class PartitionModel:
         ):
             # Inherited from a mixin or abstract base too, as in Flask-SQLAlchemy.
             bind_key = getattr(cls, "__bind_key__", None)
+            shard_key = getattr(cls, "__shard_key__", None)
             inherited = getattr(cls, "metadata", None)
-            if (
+            if shard_key is not None:
+                _use_shard_metadata(cls, bind_key, inherited)
+            elif (
                 bind_key is not None
                 and "metadata" not in own
                 and (inherited is None or inherited.info.get("bind_key") != bind_key)
@@ -86,7 +94,44 @@ class PartitionModel:
                 cls.metadata = source._metadata_for(bind_key)
             if "__tablename__" not in own and _needs_own_table(cls):
                 cls.__tablename__ = camel_to_snake_case(cls.__name__)
+            super().__init_subclass__(**kwargs)
+            if shard_key is not None:
+                _mark_shard_key(cls, shard_key)
+            return
         super().__init_subclass__(**kwargs)
+
+
+def _use_shard_metadata(cls: type, bind_key: object, inherited: object) -> None:
+    if bind_key is not None:
+        raise TypeError(
+            f"Model {cls.__name__!r} has both '__bind_key__' ({bind_key!r}) and"
+            " '__shard_key__'. A sharded model lives on the shards of"
+            " 'PARTITION_SHARDS'; remove one of them."
+        )
+    if "metadata" in cls.__dict__:
+        return
+    source = getattr(cls, "__partition_metadata__", None)
+    if source is None:
+        raise RuntimeError(
+            f"Model {cls.__name__!r} has '__shard_key__' but its base is not"
+            " registered with a 'PartitionDB'. Pass the base as"
+            " 'PartitionDB(model_class=Base)' before declaring models."
+        )
+    if inherited is not source.shard_metadata:
+        cls.metadata = source.shard_metadata  # type: ignore[attr-defined]
+
+
+def _mark_shard_key(cls: type, shard_key: object) -> None:
+    table = getattr(cls, "__table__", None)
+    if not isinstance(table, sa.Table):
+        return
+    if not isinstance(shard_key, str) or shard_key not in table.c:
+        raise TypeError(
+            f"Model {cls.__name__!r} names shard key {shard_key!r}, but its"
+            f" table {table.name!r} has no such column. Columns:"
+            f" {', '.join(table.c.keys())}."
+        )
+    table.info["shard_key"] = shard_key
 
 
 def _needs_own_table(cls: type) -> bool:

@@ -36,6 +36,8 @@ class Plan:
         ``None`` to decide per statement.
     :param read_only: Writes raise :class:`~flask_partition.ReadOnlyError`.
     :param pinned_by: The helper that set the plan, named in errors.
+    :param shard: The shard sharded models use, set by
+        :func:`~flask_partition.use_shard` or the request's shard resolver.
 
     .. versionadded:: 0.1.0
     """
@@ -43,6 +45,7 @@ class Plan:
     role: Role | None = None
     read_only: bool = False
     pinned_by: str | None = None
+    shard: str | None = None
 
 
 # Plan is a frozen dataclass, so sharing one default instance is safe.

@@ -7,30 +7,57 @@ work, one connection per engine inside a transaction) is SQLAlchemy's own.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextvars
+import threading
 import typing as t
 
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 import sqlalchemy.sql.util as sa_sql_util
+from sqlalchemy.ext.horizontal_shard import set_shard_id
+from sqlalchemy.ext.horizontal_shard import ShardedQuery
+from sqlalchemy.ext.horizontal_shard import ShardedSession
 
+from .errors import AmbiguousShardError
 from .errors import CrossClusterError
 from .errors import ReadOnlyError
+from .errors import ScatterError
+from .errors import ShardKeyError
 from .errors import UnknownClusterError
+from .errors import UnknownShardError
 from .replicas import Cluster
 from .routing import _plan
 from .routing import classify
 from .routing import Intent
 from .routing import Role
+from .scatter import plan_merge
+from .sharding import HashShardMap
+from .sharding import is_sharded
+from .sharding import key_values
+from .sharding import shard_key_of_mapper
+from .sharding import shard_key_of_table
+from .sharding import ShardKey
+from .sharding import ShardMap
 
 if t.TYPE_CHECKING:
+    from sqlalchemy.engine import Result
+
     from .extension import PartitionDB
+
+#: Execution option that allows an UPDATE or DELETE on every shard.
+ALL_SHARDS: t.Final = "all_shards"
 
 _MISSING: t.Any = object()
 
 
-def cluster_label(name: str | None) -> str:
-    """Name a cluster for messages: ``the default cluster`` or ``bind 'x'``."""
-    return "the default cluster" if name is None else f"bind {name!r}"
+def cluster_label(name: str | None, *, shard: bool = False) -> str:
+    """Name a cluster for messages: ``the default cluster``, ``bind 'x'`` or
+    ``shard 'eu'``.
+    """
+    if name is None:
+        return "the default cluster"
+    return f"shard {name!r}" if shard else f"bind {name!r}"
 
 
 def bind_key_of(table: sa.FromClause) -> str | None:
@@ -51,21 +78,126 @@ class Router:
     """Maps models, tables and statements of one application to its clusters.
 
     :param clusters: Every cluster by bind name, ``None`` for the default.
+    :param shards: The shard clusters by shard name.
+    :param shard_map: Maps shard key values to shard names; default a
+        :class:`~flask_partition.sharding.HashShardMap` over ``shards``.
+    :param shard_chooser: Replaces the key-based choice of a new row's shard:
+        ``(mapper, instance, clause) -> shard``, as for SQLAlchemy's
+        :class:`~sqlalchemy.ext.horizontal_shard.ShardedSession`.
+    :param identity_chooser: Replaces the shards searched by
+        ``session.get()``: ``(mapper, primary_key, **kw) -> [shards]``.
+    :param execute_chooser: Replaces the shards a statement without an
+        explicit shard runs on: ``(orm_execute_state) -> [shards]``.
+    :param scatter_workers: Threads that query shards at the same time.
 
     .. versionadded:: 0.1.0
     """
 
-    def __init__(self, clusters: t.Mapping[str | None, Cluster]) -> None:
+    def __init__(
+        self,
+        clusters: t.Mapping[str | None, Cluster],
+        shards: t.Mapping[str, Cluster] | None = None,
+        *,
+        shard_map: ShardMap | t.Callable[[t.Any], str] | None = None,
+        shard_chooser: t.Callable[..., t.Any] | None = None,
+        identity_chooser: t.Callable[..., t.Iterable[t.Any]] | None = None,
+        execute_chooser: t.Callable[..., t.Iterable[t.Any]] | None = None,
+        scatter_workers: int = 8,
+    ) -> None:
         self.clusters = dict(clusters)
         self.default = self.clusters[None]
+        self.shards = dict(shards or {})
+        self.shard_map: ShardMap | None = None
+        if self.shards:
+            if shard_map is None:
+                shard_map = HashShardMap(self.shards)
+            elif not hasattr(shard_map, "shard_for"):
+                shard_map = _FunctionShardMap(shard_map)
+            self.shard_map = t.cast(ShardMap, shard_map)
+        self.shard_chooser = shard_chooser
+        self.identity_chooser = identity_chooser
+        self.execute_chooser = execute_chooser
+        self.scatter_workers = scatter_workers
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
         # Mappers never move between clusters, so the answer is cached; this
         # keeps get_bind at a dict lookup for ORM statements.
         self._by_mapper: dict[object, Cluster] = {}
+        self._shard_keys: dict[object, ShardKey | None] = {}
         self._nodes: dict[sa.Engine, tuple[str | None, Role, int]] = {}
-        for cluster in self.clusters.values():
+        for cluster in [*self.clusters.values(), *self.shards.values()]:
             self._nodes[cluster.primary] = (cluster.name, Role.PRIMARY, 0)
             for index, engine in enumerate(cluster.replicas):
                 self._nodes[engine] = (cluster.name, Role.REPLICA, index)
+
+    def shard(self, name: t.Any, *, context: str = "") -> Cluster:
+        """Return the shard cluster called ``name``.
+
+        :param name: A shard name from ``PARTITION_SHARDS``.
+        :param context: Where the name came from, named in the error.
+        :raises UnknownShardError: When no such shard is configured.
+        """
+        try:
+            return self.shards[name]
+        except (KeyError, TypeError):
+            known = ", ".join(repr(k) for k in self.shards)
+            raise UnknownShardError(
+                f"Shard {name!r}{context} is not configured. Configured shards:"
+                f" {known or 'none'}. Add it to 'PARTITION_SHARDS' or fix the name."
+            ) from None
+
+    def shard_key(self, mapper: t.Any) -> ShardKey | None:
+        """Return the shard key of a mapper, ``None`` for unsharded ones.
+
+        A sharded mapper without a key (a table in the shards' metadata
+        with no ``shard_key``) returns a key whose column is ``None``.
+        """
+        try:
+            return self._shard_keys[mapper]
+        except KeyError:
+            pass
+        inspected = t.cast("sa_orm.Mapper[t.Any]", sa.inspect(mapper))
+        key: ShardKey | None = None
+        if any(is_sharded(table) for table in inspected.tables):
+            key = shard_key_of_mapper(inspected) or ShardKey(
+                inspected.class_.__name__,
+                None,
+                None,  # type: ignore[arg-type]
+            )
+        self._shard_keys[mapper] = key
+        return key
+
+    def shard_for_key(self, value: t.Any, *, context: str = "") -> str:
+        """Map a shard key value to a configured shard name.
+
+        :raises ShardKeyError: When the value cannot be mapped.
+        :raises UnknownShardError: When the map returns an unknown shard.
+        """
+        assert self.shard_map is not None
+        try:
+            name = self.shard_map.shard_for(value)
+        except (TypeError, ValueError, KeyError) as error:
+            raise ShardKeyError(
+                f"Cannot map shard key {value!r}{context} to a shard: {error}"
+            ) from error
+        self.shard(name, context=f" (the shard map's answer for key {value!r})")
+        return name
+
+    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The thread pool that queries shards in parallel (made on first use)."""
+        if self._executor is None:
+            with self._executor_lock:
+                if self._executor is None:
+                    self._executor = concurrent.futures.ThreadPoolExecutor(
+                        self.scatter_workers, thread_name_prefix="partition-scatter"
+                    )
+        return self._executor
+
+    def close(self) -> None:
+        """Stop the scatter threads."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     def cluster(self, name: str | None, *, context: str = "") -> Cluster:
         """Return the cluster called ``name``.
@@ -106,6 +238,12 @@ class Router:
         if isinstance(clause, sa.TextClause):
             return self.default
         tables = sa_sql_util.find_tables(clause, check_columns=True, include_crud=True)
+        if any(is_sharded(table) for table in tables):
+            raise ScatterError(
+                "The statement refers to sharded tables but no shard was chosen."
+                " Use 'use_shard', a shard key condition or"
+                " bind_arguments={'shard_id': ...}."
+            )
         keys = {bind_key_of(table) for table in tables}
         if not keys:
             return self.default
@@ -123,18 +261,43 @@ class Router:
         return self._nodes.get(engine)
 
     def engines(self) -> t.Iterator[sa.Engine]:
-        """Every engine of every cluster, primaries first in each cluster."""
-        for cluster in self.clusters.values():
+        """Every engine of every cluster and shard, primaries first in each."""
+        for cluster in [*self.clusters.values(), *self.shards.values()]:
             yield from cluster.engines()
 
+    def sharded_tables(self, clause: sa.ClauseElement) -> list[sa.Table]:
+        """The sharded tables a Core statement refers to."""
+        if isinstance(clause, sa.TextClause):
+            return []
+        tables = sa_sql_util.find_tables(clause, check_columns=True, include_crud=True)
+        return [tbl for tbl in tables if isinstance(tbl, sa.Table) and is_sharded(tbl)]
 
-class PartitionSession(sa_orm.Session):
+
+class _FunctionShardMap:
+    """Wrap a plain ``key -> shard`` function as a shard map."""
+
+    def __init__(self, function: t.Callable[[t.Any], str]) -> None:
+        self.function = function
+
+    def shard_for(self, key: t.Any) -> str:
+        return self.function(key)
+
+
+class PartitionSession(ShardedSession):
     """A session that sends each statement to the right cluster and role.
 
     Writes go to the cluster's primary. Reads go to one replica per cluster
     for the whole session (monotonic reads), except on a cluster the session
     has written to, which is read from its primary until the session is
     removed, so a session never reads older data than it wrote.
+
+    With ``PARTITION_SHARDS`` configured, rows of sharded models go to the
+    shard of their key; reads without a shard run on every shard at once
+    and their results are merged (see :doc:`/sharding`). It builds on
+    SQLAlchemy's :class:`~sqlalchemy.ext.horizontal_shard.ShardedSession`:
+    identity tokens keep equal primary keys of different shards apart, and
+    ``set_shard_id``, ``bind_arguments={"shard_id": ...}`` and
+    ``Query.set_shard()`` work as documented there.
 
     :param db: The extension; the router of the current app is used.
     :param router: A router to use instead of ``db``'s (for use outside Flask).
@@ -150,7 +313,11 @@ class PartitionSession(sa_orm.Session):
         router: Router | None = None,
         **kwargs: t.Any,
     ) -> None:
-        super().__init__(**kwargs)
+        # ShardedSession.__init__ would install its own execute hook, which
+        # runs shards one after another and concatenates their rows; ours
+        # runs them in parallel and merges. So initialise Session directly.
+        kwargs.setdefault("query_cls", ShardedQuery)
+        sa_orm.Session.__init__(self, **kwargs)
         if router is None:
             if db is None:
                 raise TypeError("'PartitionSession' needs 'db' or 'router'.")
@@ -159,6 +326,16 @@ class PartitionSession(sa_orm.Session):
         #: Names of the clusters this session wrote to: read from primaries.
         self.written_clusters: set[str | None] = set()
         self._replica_of: dict[str | None, sa.Engine] = {}
+        self.shard_chooser = router.shard_chooser or self._choose_shard
+        self.identity_chooser = router.identity_chooser or self._identity_shards
+        self.execute_chooser = router.execute_chooser or self._execute_shards
+        if router.shards:
+            sa.event.listen(self, "do_orm_execute", self._on_execute, retval=True)
+        else:
+            # No shards: flush asks get_bind directly, as a plain Session does.
+            self.connection_callable = None  # type: ignore[assignment]
+
+    # -- choosing an engine ------------------------------------------------
 
     def get_bind(
         self,
@@ -172,30 +349,57 @@ class PartitionSession(sa_orm.Session):
     ) -> sa.Engine | sa.Connection:
         """Return the engine for a statement: its cluster, then its role.
 
-        The cluster comes from ``bind_key`` in ``bind_arguments``, else the
-        mapper, else the tables in ``clause``, else the default cluster. The
-        role follows the routing rules in :doc:`/replicas`.
+        The cluster comes from ``shard_id`` or ``bind_key`` in
+        ``bind_arguments``, else the mapper, else the tables in ``clause``,
+        else the default cluster. The role follows the routing rules in
+        :doc:`/replicas`.
 
         :param mapper: The mapped class or mapper the statement is about.
         :param clause: The statement, ``None`` for a flush or a bare
             :meth:`~sqlalchemy.orm.Session.connection` call.
         :param bind: An explicit engine or connection, returned as is.
-        :param kw: Other ``bind_arguments``; ``bind_key`` names a cluster.
+        :param kw: Other ``bind_arguments``; ``bind_key`` names a cluster,
+            ``shard_id`` a shard.
         :raises ReadOnlyError: For a write inside
             :func:`~flask_partition.use_replica`.
+        :raises ScatterError: For a sharded model or table without a shard.
         """
         if bind is not None:
             return bind
+        shard_id = kw.get("shard_id")
+        if shard_id is not None:
+            cluster = self.router.shard(shard_id, context=" (from 'shard_id')")
+            return self._engine_for(cluster, clause)
         bind_key = kw.get("bind_key", _MISSING)
         if bind_key is not _MISSING:
             cluster = self.router.cluster(bind_key, context=" (from 'bind_arguments')")
         elif mapper is not None:
+            if self.router.shards and self.router.shard_key(mapper) is not None:
+                name = self._shard_without_statement(mapper, kw.get("instance"))
+                return self._engine_for(self.router.shards[name], clause)
             cluster = self.router.cluster_for_mapper(mapper)
         elif clause is not None:
-            cluster = self.router.cluster_for_clause(clause)
+            shard = _plan.get().shard
+            if shard is not None and self.router.sharded_tables(clause):
+                cluster = self.router.shard(shard, context=" (from 'use_shard')")
+            else:
+                cluster = self.router.cluster_for_clause(clause)
         else:
             cluster = self.router.default
         return self._engine_for(cluster, clause)
+
+    def _shard_without_statement(self, mapper: t.Any, instance: t.Any) -> str:
+        if instance is not None:
+            return t.cast(str, self._choose_shard_and_assign(mapper, instance))
+        shard = _plan.get().shard
+        if shard is None:
+            raise ScatterError(
+                f"A connection for sharded model"
+                f" {self.router.shard_key(mapper).model!r} needs"  # type: ignore[union-attr]
+                " a shard. Use 'use_shard' or bind_arguments={'shard_id': ...}."
+            )
+        self.router.shard(shard, context=" (from 'use_shard')")
+        return shard
 
     def _engine_for(
         self, cluster: Cluster, clause: sa.ClauseElement | None
@@ -210,7 +414,7 @@ class PartitionSession(sa_orm.Session):
             if intent is Intent.WRITE:
                 raise ReadOnlyError(
                     f"Cannot execute {_describe(clause)} on"
-                    f" {cluster_label(cluster.name)} inside {plan.pinned_by!r}:"
+                    f" {self._label(cluster)} inside {plan.pinned_by!r}:"
                     " it only allows reads. Nothing was sent to the database."
                     " Move the write out of the block or use 'use_primary'."
                 )
@@ -220,6 +424,9 @@ class PartitionSession(sa_orm.Session):
         self.written_clusters.add(cluster.name)
         return cluster.primary
 
+    def _label(self, cluster: Cluster) -> str:
+        return cluster_label(cluster.name, shard=cluster.name in self.router.shards)
+
     def _replica(self, cluster: Cluster) -> sa.Engine:
         try:
             return self._replica_of[cluster.name]
@@ -227,11 +434,298 @@ class PartitionSession(sa_orm.Session):
             engine = self._replica_of[cluster.name] = cluster.choose_replica()
             return engine
 
+    # -- the shard choosers (defaults; PartitionDB can replace them) --------
+
+    def _choose_shard_and_assign(
+        self, mapper: t.Any, instance: t.Any, **kw: t.Any
+    ) -> t.Any:
+        # Unsharded models keep the identity token None, as in a plain
+        # Session; ShardedSession would give every row a token.
+        if mapper is not None and self.router.shard_key(mapper) is None:
+            return None
+        return super()._choose_shard_and_assign(mapper, instance, **kw)
+
+    def _choose_shard(self, mapper: t.Any, instance: t.Any, clause: t.Any) -> str:
+        """The shard of a new row: its key's shard (the pinned shard for a
+        table without a key).
+        """
+        key = t.cast(ShardKey, self.router.shard_key(mapper))
+        pinned = _plan.get().shard
+        if key.column is None or key.attribute is None:
+            if pinned is None:
+                raise ShardKeyError(
+                    f"Model {key.model!r} has no shard key; write it inside"
+                    " 'use_shard(...)' so it is clear which shard it goes to."
+                )
+            return pinned
+        value = getattr(instance, key.attribute, None) if instance else None
+        if value is None:
+            raise ShardKeyError(
+                f"{key.model}.{key.attribute} (the shard key) is None. Set it"
+                " before the row is flushed: it decides the row's shard."
+            )
+        return self.router.shard_for_key(
+            value, context=f" ({key.model}.{key.attribute})"
+        )
+
+    def _identity_shards(
+        self, mapper: t.Any, primary_key: t.Any, **kw: t.Any
+    ) -> list[t.Any]:
+        """Where ``session.get()`` looks: the pinned shard, the shard of the
+        key when it is part of the primary key, else every shard.
+        """
+        key = self.router.shard_key(mapper)
+        if key is None:
+            return [None]
+        pinned = _plan.get().shard
+        if pinned is not None:
+            return [pinned]
+        if key.column is not None:
+            inspected = t.cast("sa_orm.Mapper[t.Any]", sa.inspect(mapper))
+            for column, value in zip(inspected.primary_key, primary_key, strict=False):
+                if column is key.column and value is not None:
+                    return [self.router.shard_for_key(value)]
+        return list(self.router.shards)
+
+    def _execute_shards(self, orm_context: sa_orm.ORMExecuteState) -> list[str]:
+        """The shards a statement runs on when none was given: those its
+        shard key conditions allow, else all of them.
+        """
+        statement = orm_context.statement
+        key = self._statement_key(orm_context)
+        if key is not None and key.column is not None:
+            values = key_values(
+                getattr(statement, "_where_criteria", ()),
+                key.column,
+                orm_context.parameters
+                if isinstance(orm_context.parameters, dict)
+                else None,
+            )
+            if values is not None:
+                context = f" ({key.model}.{key.column.name})"
+                shards = {self.router.shard_for_key(v, context=context) for v in values}
+                return [name for name in self.router.shards if name in shards]
+        return list(self.router.shards)
+
+    def _identity_lookup(self, mapper: t.Any, *args: t.Any, **kw: t.Any) -> t.Any:
+        if not self.router.shards or self.router.shard_key(mapper) is None:
+            return sa_orm.Session._identity_lookup(self, mapper, *args, **kw)
+        return super()._identity_lookup(mapper, *args, **kw)
+
+    # -- executing on shards ------------------------------------------------
+
+    def _statement_key(self, orm_context: sa_orm.ORMExecuteState) -> ShardKey | None:
+        """The shard key of the statement's sharded table, ``None`` when it
+        touches no sharded table.
+        """
+        mapper = orm_context.bind_mapper
+        if mapper is not None:
+            return self.router.shard_key(mapper)
+        tables = self.router.sharded_tables(orm_context.statement)
+        if not tables:
+            return None
+        return shard_key_of_table(tables[0]) or ShardKey(tables[0].name, None, None)
+
+    def _explicit_shard(self, orm_context: sa_orm.ORMExecuteState) -> t.Any:
+        """The shard named by SQLAlchemy's own controls, as
+        ``horizontal_shard`` reads them, or ``None``.
+        """
+        for option in orm_context._non_compile_orm_options:
+            if isinstance(option, set_shard_id):
+                return option.shard_id
+        if orm_context.is_select:
+            options: t.Any = orm_context.load_options
+        elif orm_context.is_update or orm_context.is_delete:
+            options = orm_context.update_delete_options
+        else:
+            options = None
+        if options is not None and options._identity_token is not None:
+            return options._identity_token
+        if "_sa_shard_id" in orm_context.execution_options:
+            return orm_context.execution_options["_sa_shard_id"]
+        return orm_context.bind_arguments.get("shard_id")
+
+    def _on_execute(self, orm_context: sa_orm.ORMExecuteState) -> Result[t.Any] | None:
+        """``do_orm_execute`` hook: run statements on sharded tables on the
+        right shards; leave every other statement alone.
+        """
+        key = self._statement_key(orm_context)
+        if key is None:
+            return None
+        shard = self._explicit_shard(orm_context)
+        if shard is None:
+            shard = _plan.get().shard
+        if shard is not None:
+            self.router.shard(shard, context=f" (for {key.model!r})")
+            return self._run_on(orm_context, [shard])[0]
+        statement = orm_context.statement
+        if orm_context.is_insert:
+            return self._insert(orm_context, key)
+        shards = list(self.execute_chooser(orm_context))
+        if not shards:
+            raise ScatterError(
+                f"No shard was chosen for a statement on {key.model!r}; the"
+                " execute chooser returned an empty list."
+            )
+        for name in shards:
+            self.router.shard(name, context=" (from the execute chooser)")
+        if len(shards) == 1:
+            return self._run_on(orm_context, shards)[0]
+        if (
+            orm_context.is_update
+            or orm_context.is_delete
+            or classify(statement) is not Intent.READ
+        ):
+            if not orm_context.execution_options.get(ALL_SHARDS):
+                raise ScatterError(
+                    f"This {_describe(statement)} on {key.model!r} has no shard"
+                    f" key condition and would run on {len(shards)} shards."
+                    " Add a condition on the shard key, use 'use_shard', or"
+                    f" pass execution_options({ALL_SHARDS}=True) to run it on"
+                    " every shard on purpose."
+                )
+            results = self._run_on(orm_context, shards)
+            return results[0].merge(*results[1:])
+        single_entity = False
+        if orm_context.is_orm_statement:
+            descriptions = getattr(statement, "column_descriptions", [])
+            single_entity = len(descriptions) == 1 and isinstance(
+                descriptions[0].get("expr"), type
+            )
+        dialect = self.router.shards[shards[0]].primary.dialect.name
+        plan = plan_merge(
+            statement,  # type: ignore[arg-type]
+            dialect=dialect,
+            shard_key=key.column,
+            single_entity=single_entity,
+        )
+        results = self._run_on(orm_context, shards, plan.statement, parallel=True)
+        if _is_identity_get(orm_context):
+            frozen = [result.freeze() for result in results]
+            hits = [n for n, f in zip(shards, frozen, strict=True) if f.data]
+            if len(hits) > 1:
+                raise AmbiguousShardError(
+                    f"{key.model} with primary key {orm_context.parameters!r}"
+                    f" exists on shards {hits!r}. Name the shard ('use_shard',"
+                    " identity_token=...) or use primary keys unique across"
+                    " shards."
+                )
+            results = [f() for f in frozen]
+        return plan.merge(results)
+
+    def _insert(
+        self, orm_context: sa_orm.ORMExecuteState, key: ShardKey
+    ) -> Result[t.Any]:
+        """An INSERT goes to the shard of its rows' keys; rows of several
+        shards are split into one INSERT per shard.
+        """
+        statement = orm_context.statement
+        params = orm_context.parameters
+        rows: list[dict[str, t.Any]]
+        if isinstance(params, list):
+            rows = [dict(p) for p in params]
+        elif params:
+            rows = [dict(params)]
+        else:
+            rows = [{}]
+        values = {
+            getattr(c, "key", str(c)): getattr(v, "effective_value", v)
+            for c, v in (getattr(statement, "_values", None) or {}).items()
+        }
+        if key.column is None:
+            raise ScatterError(
+                f"An INSERT into {key.model!r} (a sharded table without a shard"
+                " key) needs a shard: use 'use_shard' or"
+                " bind_arguments={'shard_id': ...}."
+            )
+        name = key.column.key
+        by_shard: dict[str, list[dict[str, t.Any]]] = {}
+        for row in rows:
+            value = row.get(name, row.get(key.attribute or name, values.get(name)))
+            if value is None:
+                raise ShardKeyError(
+                    f"An INSERT into {key.model!r} has no value for the shard key"
+                    f" {name!r}; it decides the row's shard. Nothing was inserted."
+                )
+            shard = self.router.shard_for_key(value, context=f" ({key.model}.{name})")
+            by_shard.setdefault(shard, []).append(row)
+        if len(by_shard) == 1:
+            (shard,) = by_shard
+            return self._run_on(orm_context, [shard])[0]
+        results = [
+            self._run_on(orm_context, [shard], params=shard_rows)[0]
+            for shard, shard_rows in by_shard.items()
+        ]
+        return results[0].merge(*results[1:])
+
+    def _run_on(
+        self,
+        orm_context: sa_orm.ORMExecuteState,
+        shards: t.Sequence[str],
+        statement: t.Any = None,
+        *,
+        params: t.Any = None,
+        parallel: bool = False,
+    ) -> list[Result[t.Any]]:
+        """Run the statement on each shard: one connection per shard, in
+        parallel threads when ``parallel`` (reads only).
+        """
+        clause = orm_context.statement if statement is None else statement
+        calls = []
+        for name in shards:
+            engine = self._engine_for(self.router.shards[name], clause)
+            bind_arguments = dict(orm_context.bind_arguments)
+            bind_arguments.update(shard_id=name, bind=engine)
+            calls.append((name, bind_arguments))
+        if not parallel or len(calls) == 1:
+            return [
+                orm_context.invoke_statement(
+                    statement,
+                    params,
+                    execution_options={"identity_token": name},
+                    bind_arguments=bind_arguments,
+                )
+                for name, bind_arguments in calls
+            ]
+        # Flush once here, then connect every shard in this thread (the
+        # session's transaction is not thread-safe); the threads only run
+        # their own connection's query. ORM rows are built later, in this
+        # thread, when the results are merged.
+        if orm_context.load_options._autoflush:
+            self._autoflush()
+        for _name, bind_arguments in calls:
+            self.connection(bind_arguments={"bind": bind_arguments["bind"]})
+
+        def invoke(name: str, bind_arguments: dict[str, t.Any]) -> Result[t.Any]:
+            return orm_context.invoke_statement(
+                statement,
+                params,
+                execution_options={"identity_token": name, "autoflush": False},
+                bind_arguments=bind_arguments,
+            )
+
+        executor = self.router.executor()
+        with self.no_autoflush:
+            futures = [
+                executor.submit(contextvars.copy_context().run, invoke, name, args)
+                for name, args in calls[1:]
+            ]
+            try:
+                first = invoke(*calls[0])
+            finally:
+                concurrent.futures.wait(futures)
+        return [first, *(future.result() for future in futures)]
+
+    # -- writes ------------------------------------------------------------
+
     def flush(self, objects: t.Sequence[t.Any] | None = None) -> None:
         """Flush pending changes; inside a read-only block, refuse them.
 
         :raises ReadOnlyError: When there is anything to flush inside
             :func:`~flask_partition.use_replica`; nothing is sent.
+        :raises ShardKeyError: When a sharded row has no key, its key
+            changed, or it belongs to another shard than the pinned one;
+            nothing is sent.
         """
         plan = _plan.get()
         if plan.read_only and not self._is_clean():
@@ -241,7 +735,62 @@ class PartitionSession(sa_orm.Session):
                 " it only allows reads. Nothing was sent to the database. Move"
                 " the write out of the block or use 'use_primary'."
             )
+        if self.router.shards and not self._is_clean():
+            self._check_shards(plan.shard)
         super().flush(objects)
+
+    def _check_shards(self, pinned: str | None) -> None:
+        """Give every new sharded row its shard, and refuse rows that would
+        be stored where key-based reads miss them. Runs before any SQL.
+        """
+        for instance in self.new:
+            state = sa.inspect(instance)
+            if self.router.shard_key(state.mapper) is None:
+                continue
+            shard = state.identity_token
+            if shard is None:
+                shard = self.shard_chooser(state.mapper, instance, None)
+                self.router.shard(shard, context=" (from the shard chooser)")
+            if pinned is not None and shard != pinned:
+                raise ShardKeyError(
+                    f"A new {state.mapper.class_.__name__} belongs on shard"
+                    f" {shard!r} by its key, but the block is pinned to shard"
+                    f" {pinned!r} with 'use_shard'. Nothing was written."
+                )
+            state.identity_token = shard
+        for instance in [*self.dirty, *self.deleted]:
+            state = sa.inspect(instance)
+            key = self.router.shard_key(state.mapper)
+            if key is None or state.key is None:
+                continue
+            if key.attribute is not None and instance not in self.deleted:
+                history = state.attrs[key.attribute].history
+                if history.has_changes():
+                    raise ShardKeyError(
+                        f"{key.model}.{key.attribute} is the shard key and cannot"
+                        f" change (from {history.deleted!r} to {history.added!r}):"
+                        " the row would stay on its old shard. Insert a new row"
+                        " and delete the old one instead. Nothing was written."
+                    )
+            shard = state.key[2]
+            if pinned is not None and shard != pinned:
+                raise ShardKeyError(
+                    f"A {key.model} of shard {shard!r} was changed inside"
+                    f" 'use_shard({pinned!r})'. Nothing was written."
+                )
+
+
+def _is_identity_get(orm_context: sa_orm.ORMExecuteState) -> bool:
+    """True for the SELECT behind ``session.get()``: its only criterion is
+    the mapper's primary key clause.
+    """
+    mapper = orm_context.bind_mapper
+    criteria = getattr(orm_context.statement, "_where_criteria", ())
+    return (
+        mapper is not None
+        and len(criteria) == 1
+        and criteria[0] is mapper._get_clause[0]
+    )
 
 
 def _describe(clause: sa.ClauseElement | None) -> str:

@@ -1,0 +1,438 @@
+"""Scatter-gather: run one SELECT on several shards and merge the results
+exactly as one database holding every row would have answered.
+
+:func:`plan_merge` rewrites the statement for the shards (sort keys added as
+extra columns, LIMIT widened to OFFSET + LIMIT, or dropped when groups must
+be combined first) and returns a :class:`MergePlan` whose
+:meth:`~MergePlan.merge` combines the shards' results: groups and aggregates
+(``count``, ``sum``, ``min``, ``max``), DISTINCT, ORDER BY, OFFSET and LIMIT.
+A shape that cannot be merged exactly raises
+:class:`~flask_partition.errors.ScatterError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import heapq
+import itertools
+import typing as t
+
+import sqlalchemy as sa
+import sqlalchemy.sql.elements as sa_elements
+import sqlalchemy.sql.functions as sa_functions
+import sqlalchemy.sql.operators as sa_operators
+from sqlalchemy.engine import Result
+
+from .errors import ScatterError
+
+#: Aggregates whose per-shard results combine exactly, and how.
+_COMBINE = {"count": "sum", "sum": "sum", "min": "min", "max": "max"}
+#: Functions that aggregate rows (or rank them): per-shard values of these
+#: cannot be combined unless they appear bare at the top of a column.
+_AGGREGATES = frozenset(
+    {
+        "count", "sum", "min", "max", "avg", "array_agg", "string_agg",
+        "group_concat", "json_agg", "jsonb_agg", "json_object_agg",
+        "jsonb_object_agg", "bool_and", "bool_or", "every", "bit_and", "bit_or",
+        "stddev", "stddev_pop", "stddev_samp", "variance", "var_pop",
+        "var_samp", "mode", "percentile_cont", "percentile_disc", "xmlagg",
+        "row_number", "rank", "dense_rank", "ntile", "lag", "lead",
+        "first_value", "last_value", "nth_value", "cume_dist", "percent_rank",
+    }
+)  # fmt: skip
+_SORT_LABEL = "_partition_sort_{}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SortKey:
+    """One ORDER BY term of a merge: a column of the shard rows.
+
+    :param index: The column's position in a shard row.
+    :param descending: ``DESC``.
+    :param nulls_first: Where NULL sorts, as the database would put it.
+    """
+
+    index: int
+    descending: bool
+    nulls_first: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class MergePlan:
+    """How to run a statement on each shard and merge what comes back.
+
+    :param statement: The statement each shard runs.
+    :param width: How many columns the caller asked for; columns after it
+        are sort keys added for the merge and are dropped.
+    :param sort: The ORDER BY of the merged rows.
+    :param combine: Per column, how to combine rows of one group across
+        shards (``"sum"``, ``"min"``, ``"max"``, ``None`` for a group key);
+        ``None`` when rows are not combined.
+    :param distinct: Drop duplicate rows.
+    :param offset: Rows to skip after merging.
+    :param limit: Rows to keep after that, ``None`` for all.
+    :param presorted: Each shard returns rows in merge order, so the merge
+        is a k-way merge rather than a sort.
+    :param single_entity: The caller asked for one ORM entity (legacy
+        :class:`~sqlalchemy.orm.Query` returns objects, not rows).
+    """
+
+    statement: t.Any
+    width: int
+    sort: tuple[SortKey, ...] = ()
+    combine: tuple[str | None, ...] | None = None
+    distinct: bool = False
+    offset: int = 0
+    limit: int | None = None
+    presorted: bool = False
+    single_entity: bool = False
+
+    def merge(self, results: t.Sequence[Result[t.Any]]) -> Result[t.Any]:
+        """Combine the shards' results into the one result the caller gets.
+
+        :param results: One result per shard, in shard order.
+        """
+        frozen = [result.freeze() for result in results]
+        shard_rows = [[tuple(row) for row in f().all()] for f in frozen]
+        rows: t.Iterable[tuple[t.Any, ...]]
+        if self.combine is not None:
+            rows = self._combine(itertools.chain.from_iterable(shard_rows))
+        elif self.sort and self.presorted:
+            rows = heapq.merge(*shard_rows, key=self._sort_key)
+        else:
+            rows = itertools.chain.from_iterable(shard_rows)
+        if self.distinct:
+            rows = _unique(rows)
+        if self.sort and not self.presorted:
+            rows = sorted(rows, key=self._sort_key)
+        stop = None if self.limit is None else self.offset + self.limit
+        kept = [row[: self.width] for row in itertools.islice(rows, self.offset, stop)]
+        template = frozen[0]().columns(*range(self.width)).freeze()
+        merged = template.with_new_rows(kept)()
+        if self.single_entity:
+            merged._attributes = merged._attributes.union({"is_single_entity": True})
+        return merged
+
+    @functools.cached_property
+    def _sort_key(self) -> t.Callable[[tuple[t.Any, ...]], _Ordered]:
+        sort = self.sort
+        return lambda row: _Ordered(row, sort)
+
+    def _combine(self, rows: t.Iterable[tuple[t.Any, ...]]) -> list[tuple[t.Any, ...]]:
+        combine = t.cast("tuple[str | None, ...]", self.combine)
+        keys = [i for i, op in enumerate(combine) if op is None]
+        groups: dict[tuple[t.Any, ...], list[t.Any]] = {}
+        for row in rows:
+            group = tuple(row[i] for i in keys)
+            seen = groups.get(group)
+            if seen is None:
+                groups[group] = list(row)
+                continue
+            for i, op in enumerate(combine):
+                if op is not None:
+                    seen[i] = _COMBINERS[op](seen[i], row[i])
+        return [tuple(values) for values in groups.values()]
+
+
+def _sum(a: t.Any, b: t.Any) -> t.Any:
+    return b if a is None else a if b is None else a + b
+
+
+def _min(a: t.Any, b: t.Any) -> t.Any:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _max(a: t.Any, b: t.Any) -> t.Any:
+    return b if a is None else a if b is None else max(a, b)
+
+
+_COMBINERS: dict[str, t.Callable[[t.Any, t.Any], t.Any]] = {
+    "sum": _sum,
+    "min": _min,
+    "max": _max,
+}
+
+
+def _unique(rows: t.Iterable[tuple[t.Any, ...]]) -> t.Iterator[tuple[t.Any, ...]]:
+    seen: set[tuple[t.Any, ...]] = set()
+    for row in rows:
+        if row not in seen:
+            seen.add(row)
+            yield row
+
+
+class _Ordered:
+    """A row compared by the merge's ORDER BY, NULLs placed as the
+    database places them.
+    """
+
+    __slots__ = ("row", "sort")
+
+    def __init__(self, row: tuple[t.Any, ...], sort: tuple[SortKey, ...]) -> None:
+        self.row = row
+        self.sort = sort
+
+    def __lt__(self, other: _Ordered) -> bool:
+        for key in self.sort:
+            a, b = self.row[key.index], other.row[key.index]
+            if a == b or (a is None and b is None):
+                continue
+            if a is None:
+                return key.nulls_first
+            if b is None:
+                return not key.nulls_first
+            return bool(b < a) if key.descending else bool(a < b)
+        return False
+
+
+def plan_merge(
+    statement: sa.Select[t.Any],
+    *,
+    dialect: str,
+    shard_key: sa.Column[t.Any] | None,
+    single_entity: bool = False,
+) -> MergePlan:
+    """Plan a scattered SELECT: the shard statement and the merge.
+
+    :param statement: The SELECT the caller executed.
+    :param dialect: The shards' dialect name; it decides where NULLs sort.
+    :param shard_key: The shard key column, if known: groups and DISTINCT
+        rows that include it live on one shard and need no combining.
+    :param single_entity: The statement selects one ORM entity.
+    :raises ScatterError: For a shape that cannot be merged exactly.
+    """
+    if not isinstance(statement, sa.Select):
+        raise ScatterError(
+            f"A {type(statement).__name__} over every shard cannot be merged"
+            " exactly. Narrow it to one shard with 'use_shard' or a shard key"
+            " condition, or run one query per shard."
+        )
+    if statement._distinct_on:
+        raise ScatterError(
+            "SELECT DISTINCT ON over every shard cannot be merged exactly."
+            " Narrow it to one shard or use GROUP BY."
+        )
+    descriptions = statement.column_descriptions
+    columns = [_clause(d["expr"]) for d in descriptions]
+    width = len(columns)
+    ops = [_combine_op(column) for column in columns]
+    group_by = list(statement._group_by_clauses)
+    local_groups = shard_key is not None and any(
+        _refers_to(g, shard_key) for g in group_by
+    )
+    combine: tuple[str | None, ...] | None = None
+    if group_by and not local_groups:
+        if statement._having_criteria:
+            raise ScatterError(
+                "GROUP BY ... HAVING over every shard cannot be merged exactly:"
+                " each shard filters its partial groups. Group by the shard key,"
+                " narrow to one shard, or filter after the query."
+            )
+        combine = tuple(ops)
+    elif not group_by and any(op is not None for op in ops):
+        plain = [d["name"] for d, op in zip(descriptions, ops, strict=True) if not op]
+        if plain:
+            raise ScatterError(
+                f"Columns {plain!r} are neither aggregates nor grouped; the query"
+                " cannot be merged across shards."
+            )
+        combine = tuple(ops)
+
+    # ORDER BY: every term becomes a column of the shard rows.
+    shard_statement = statement
+    sort: list[SortKey] = []
+    extras: list[sa.ColumnElement[t.Any]] = []
+    names = {d["name"]: i for i, d in enumerate(descriptions)}
+    nulls_high = dialect in ("postgresql", "oracle")
+    order_by: list[t.Any] = []
+    for index, term in enumerate(statement._order_by_clauses):
+        expression, descending, nulls = _unwrap_order(term)
+        if nulls is None:
+            nulls = nulls_high == descending
+        collate = dialect == "postgresql" and not statement._distinct
+        order_by.append(_order_term(expression, descending, nulls, collate))
+        position: int | None = None
+        if isinstance(expression, sa_elements._label_reference):
+            expression = expression.element
+        if isinstance(expression, sa_elements._textual_label_reference):
+            position = names.get(expression.element)
+            if position is None:
+                raise ScatterError(
+                    f"ORDER BY {expression.element!r} names no selected column;"
+                    " the merge cannot sort by it."
+                )
+        elif isinstance(expression, sa_elements.Label) and expression.name in names:
+            position = names[expression.name]
+        if position is None:
+            if combine is not None:
+                op = _combine_op(expression)
+                if op is None and not _is_group_key(expression, group_by):
+                    raise ScatterError(
+                        f"Cannot sort merged groups by {expression}: it is neither"
+                        " a grouped column nor a combinable aggregate."
+                    )
+                combine = (*combine, op)
+            position = width + len(extras)
+            extras.append(expression.label(_SORT_LABEL.format(index)))
+        sort.append(SortKey(position, descending, nulls))
+    if extras:
+        shard_statement = shard_statement.add_columns(*extras)
+    if order_by:
+        # Each shard sorts exactly as the merge compares.
+        shard_statement = shard_statement.order_by(None).order_by(*order_by)
+
+    limit = _int_clause(statement, "_limit_clause", "LIMIT")
+    offset = _int_clause(statement, "_offset_clause", "OFFSET") or 0
+    if combine is not None or statement._distinct:
+        # Groups and duplicates span shards: every shard returns all of its
+        # rows, and LIMIT/OFFSET apply after combining.
+        if limit is not None or offset:
+            shard_statement = shard_statement.limit(None).offset(None)
+    elif limit is not None:
+        shard_statement = shard_statement.limit(offset + limit).offset(None)
+    elif offset:
+        shard_statement = shard_statement.offset(None)
+    return MergePlan(
+        statement=shard_statement,
+        width=width,
+        sort=tuple(sort),
+        combine=combine,
+        distinct=bool(statement._distinct) and not local_groups,
+        offset=offset,
+        limit=limit,
+        presorted=bool(sort) and combine is None,
+        single_entity=single_entity,
+    )
+
+
+def _unwrap_order(term: t.Any) -> tuple[t.Any, bool, bool | None]:
+    descending = False
+    nulls: bool | None = None
+    while isinstance(term, sa_elements.UnaryExpression):
+        modifier = term.modifier
+        if modifier is sa_operators.desc_op:
+            descending = True
+        elif modifier is sa_operators.asc_op:
+            descending = False
+        elif modifier is sa_operators.nulls_first_op:
+            nulls = True
+        elif modifier is sa_operators.nulls_last_op:
+            nulls = False
+        else:
+            break
+        term = term.element
+    return term, descending, nulls
+
+
+def _clause(expression: t.Any) -> t.Any:
+    """The SQL expression of a column description (``None`` for an entity)."""
+    if isinstance(expression, sa.ClauseElement):
+        return expression
+    element = getattr(expression, "__clause_element__", None)
+    if element is None or isinstance(expression, type):
+        return None
+    return element()
+
+
+def _order_term(
+    expression: t.Any, descending: bool, nulls_first: bool, collate: bool
+) -> t.Any:
+    """Rebuild an ORDER BY term with the merge's explicit NULL placement and,
+    on PostgreSQL, the binary "C" collation for strings, which is the order
+    Python compares strings in.
+    """
+    if (
+        collate
+        and isinstance(expression, sa.ColumnElement)
+        and isinstance(expression.type, sa.String)
+        and not isinstance(expression, sa_elements.CollationClause)
+    ):
+        expression = expression.collate("C")
+    term = expression.desc() if descending else expression.asc()
+    return term.nulls_first() if nulls_first else term.nulls_last()
+
+
+def _combine_op(column: t.Any) -> str | None:
+    """Return how a selected column combines across shards: ``None`` for a
+    plain column, ``"sum"``/``"min"``/``"max"`` for a bare aggregate.
+
+    :raises ScatterError: For aggregates or window functions that cannot be
+        combined (``avg``, ``count(DISTINCT ...)``, ``coalesce(sum(x), 0)``).
+    """
+    while isinstance(column, sa_elements.Label):
+        column = column.element
+    if isinstance(column, sa_elements.FunctionFilter):
+        column = column.func
+    if isinstance(column, sa_functions.FunctionElement):
+        name = getattr(column, "name", "").lower()
+        if name in _COMBINE and not _has_distinct(column):
+            if any(_contains_aggregate(arg) for arg in column.clauses):
+                raise ScatterError(f"Cannot merge nested aggregates {column}.")
+            return _COMBINE[name]
+    if _contains_aggregate(column):
+        raise ScatterError(
+            f"Cannot merge {column} across shards: only bare count(), sum(),"
+            " min() and max() combine exactly. Select those (e.g. sum and count"
+            " instead of avg) and compute the rest from the merged values, or"
+            " narrow the query to one shard."
+        )
+    return None
+
+
+def _children(element: t.Any) -> t.Iterator[t.Any]:
+    if element is None:
+        return
+    for child in element.get_children():
+        # A subquery computes per row of the outer query: its own
+        # aggregates are not the outer query's.
+        if isinstance(child, (sa.ScalarSelect, sa.Select, sa.Exists)):
+            continue
+        yield child
+
+
+def _contains_aggregate(element: t.Any) -> bool:
+    if isinstance(element, (sa_elements.Over, sa_elements.WithinGroup)):
+        return True
+    if isinstance(element, sa_functions.FunctionElement):
+        if getattr(element, "name", "").lower() in _AGGREGATES:
+            return True
+    return any(_contains_aggregate(child) for child in _children(element))
+
+
+def _has_distinct(function: t.Any) -> bool:
+    return any(
+        isinstance(e, sa_elements.UnaryExpression)
+        and e.operator is sa_operators.distinct_op
+        for e in _walk(function)
+    )
+
+
+def _walk(element: t.Any) -> t.Iterator[t.Any]:
+    yield element
+    for child in _children(element):
+        yield from _walk(child)
+
+
+def _refers_to(expression: t.Any, column: sa.Column[t.Any]) -> bool:
+    for element in _walk(expression):
+        if isinstance(element, sa.Column) and (
+            element is column
+            or (element.name == column.name and element.table is column.table)
+        ):
+            return True
+    return False
+
+
+def _is_group_key(expression: t.Any, group_by: list[t.Any]) -> bool:
+    return any(expression.compare(g) for g in group_by)
+
+
+def _int_clause(statement: sa.Select[t.Any], name: str, what: str) -> int | None:
+    clause = getattr(statement, name)
+    if clause is None:
+        return None
+    value = getattr(clause, "effective_value", getattr(clause, "value", None))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ScatterError(f"{what} {clause} over every shard must be a plain integer.")
