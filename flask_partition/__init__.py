@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from .decorators import use_primary as use_primary
 from .decorators import use_replica as use_replica
+from .decorators import use_shard as use_shard
+from .errors import AmbiguousShardError as AmbiguousShardError
 from .errors import CrossClusterError as CrossClusterError
 from .errors import ReadOnlyError as ReadOnlyError
+from .errors import ScatterError as ScatterError
+from .errors import ShardingError as ShardingError
+from .errors import ShardKeyError as ShardKeyError
 from .errors import UnknownClusterError as UnknownClusterError
+from .errors import UnknownShardError as UnknownShardError
 from .extension import PartitionDB as PartitionDB
 from .model import PartitionModel as PartitionModel
 from .pagination import Pagination as Pagination
+from .session import ALL_SHARDS as ALL_SHARDS
 from .session import PartitionSession as PartitionSession
+from .sharding import DirectoryShardMap as DirectoryShardMap
+from .sharding import HashShardMap as HashShardMap
+from .sharding import KeyIsShardName as KeyIsShardName
+from .sharding import RangeShardMap as RangeShardMap
+from .sharding import ShardMap as ShardMap
 
 __version__ = "0.1.0.dev0"

@@ -109,7 +109,7 @@ class MergePlan:
         stop = None if self.limit is None else self.offset + self.limit
         kept = [row[: self.width] for row in itertools.islice(rows, self.offset, stop)]
         template = frozen[0]().columns(*range(self.width)).freeze()
-        merged = template.with_new_rows(kept)()
+        merged = template.with_new_rows(kept)()  # type: ignore[arg-type]
         if self.single_entity:
             merged._attributes = merged._attributes.union({"is_single_entity": True})
         return merged

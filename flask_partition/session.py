@@ -159,11 +159,8 @@ class Router:
         inspected = t.cast("sa_orm.Mapper[t.Any]", sa.inspect(mapper))
         key: ShardKey | None = None
         if any(is_sharded(table) for table in inspected.tables):
-            key = shard_key_of_mapper(inspected) or ShardKey(
-                inspected.class_.__name__,
-                None,
-                None,  # type: ignore[arg-type]
-            )
+            key = shard_key_of_mapper(inspected)
+            key = key or ShardKey(inspected.class_.__name__, None, None)
         self._shard_keys[mapper] = key
         return key
 
@@ -521,7 +518,9 @@ class PartitionSession(ShardedSession):
         mapper = orm_context.bind_mapper
         if mapper is not None:
             return self.router.shard_key(mapper)
-        tables = self.router.sharded_tables(orm_context.statement)
+        tables = self.router.sharded_tables(
+            t.cast(sa.ClauseElement, orm_context.statement)
+        )
         if not tables:
             return None
         return shard_key_of_table(tables[0]) or ShardKey(tables[0].name, None, None)
@@ -558,7 +557,7 @@ class PartitionSession(ShardedSession):
         if shard is not None:
             self.router.shard(shard, context=f" (for {key.model!r})")
             return self._run_on(orm_context, [shard])[0]
-        statement = orm_context.statement
+        statement = t.cast(sa.ClauseElement, orm_context.statement)
         if orm_context.is_insert:
             return self._insert(orm_context, key)
         shards = list(self.execute_chooser(orm_context))
@@ -620,7 +619,7 @@ class PartitionSession(ShardedSession):
         shards are split into one INSERT per shard.
         """
         statement = orm_context.statement
-        params = orm_context.parameters
+        params: t.Any = orm_context.parameters
         rows: list[dict[str, t.Any]]
         if isinstance(params, list):
             rows = [dict(p) for p in params]
@@ -670,7 +669,9 @@ class PartitionSession(ShardedSession):
         """Run the statement on each shard: one connection per shard, in
         parallel threads when ``parallel`` (reads only).
         """
-        clause = orm_context.statement if statement is None else statement
+        clause = t.cast(
+            sa.ClauseElement, orm_context.statement if statement is None else statement
+        )
         calls = []
         for name in shards:
             engine = self._engine_for(self.router.shards[name], clause)
@@ -785,7 +786,7 @@ def _is_identity_get(orm_context: sa_orm.ORMExecuteState) -> bool:
     the mapper's primary key clause.
     """
     mapper = orm_context.bind_mapper
-    criteria = getattr(orm_context.statement, "_where_criteria", ())
+    criteria: tuple[t.Any, ...] = getattr(orm_context.statement, "_where_criteria", ())
     return (
         mapper is not None
         and len(criteria) == 1

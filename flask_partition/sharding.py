@@ -241,7 +241,7 @@ def shard_key_of_mapper(mapper: sa_orm.Mapper[t.Any]) -> ShardKey | None:
         if not isinstance(table, sa.Table):
             continue
         key = shard_key_of_table(table)
-        if key is not None:
+        if key is not None and key.column is not None:
             prop = mapper.get_property_by_column(key.column)
             return ShardKey(mapper.class_.__name__, key.column, prop.key)
     return None
@@ -280,7 +280,7 @@ def _and_terms(
             isinstance(term, sa_elements.BooleanClauseList)
             and term.operator is sa_operators.and_
         ):
-            yield from _and_terms(term.clauses)  # type: ignore[arg-type]
+            yield from _and_terms(term.clauses)
         else:
             yield term
 

@@ -10,6 +10,8 @@ from flask_partition.testing import PostgresTopology
 from flask_partition.testing import unavailable_reason
 from partition_models import AppFactory
 from partition_models import db
+from shard_models import sdb
+from shard_models import ShardAppFactory
 
 
 def _dispose(app: Flask) -> None:
@@ -61,7 +63,11 @@ def pg() -> t.Iterator[PostgresTopology]:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"CI needs PostgreSQL: {reason}")
         pytest.skip(reason)
-    with PostgresTopology(replicas=2, databases=["app", "analytics"]) as topology:
+    with PostgresTopology(
+        replicas=2,
+        databases=["app", "analytics"],
+        shards={"eu": 1, "us": 0, "ap": 0},
+    ) as topology:
         yield topology
 
 
@@ -105,3 +111,77 @@ def make_pg_app(pg: PostgresTopology) -> t.Iterator[AppFactory]:
 @pytest.fixture
 def pg_app(make_pg_app: AppFactory) -> Flask:
     return make_pg_app()
+
+
+def _dispose_shard_app(app: Flask) -> None:
+    for engine in sdb.get_router(app).engines():
+        engine.dispose()
+
+
+@pytest.fixture
+def make_shard_app(tmp_path: t.Any) -> t.Iterator[ShardAppFactory]:
+    """Build an app of :mod:`shard_models` on SQLite files: the default
+    cluster, an 'analytics' bind and shards 'a', 'b' and 'c' ('c' with a
+    read-only replica); keywords override config.
+    """
+    apps: list[Flask] = []
+
+    def factory(**config: t.Any) -> Flask:
+        app = Flask(f"shards{len(apps)}", instance_path=str(tmp_path))
+        app.config.update(
+            TESTING=True,
+            PARTITION_DATABASE_URI="sqlite:///app.db",
+            PARTITION_BINDS={"analytics": "sqlite:///analytics.db"},
+            PARTITION_SHARDS={
+                "a": "sqlite:///a.db",
+                "b": "sqlite:///b.db",
+                "c": {"primary": "sqlite:///c.db", "replicas": ["sqlite:///c.db"]},
+            },
+        )
+        app.config.update(config)
+        sdb.init_app(app)
+        with app.app_context():
+            sdb.create_all()
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        _dispose_shard_app(app)
+
+
+@pytest.fixture
+def make_pg_shard_app(pg: PostgresTopology) -> t.Iterator[ShardAppFactory]:
+    """Build an app of :mod:`shard_models` on PostgreSQL: the default cluster
+    (primary + 2 replicas), the 'analytics' bind and shard servers 'eu'
+    (with a streaming replica), 'us' and 'ap'; tables are fresh.
+    """
+    apps: list[Flask] = []
+
+    def factory(**config: t.Any) -> Flask:
+        assert pg.primary is not None
+        app = Flask(f"pgshards{len(apps)}")
+        app.config.update(
+            TESTING=True,
+            PARTITION_DATABASE_URI=pg.primary.url("app"),
+            PARTITION_REPLICAS=[r.url("app") for r in pg.replicas],
+            PARTITION_BINDS={"analytics": pg.primary.url("analytics")},
+            PARTITION_SHARDS={name: s.config("app") for name, s in pg.shards.items()},
+        )
+        app.config.update(config)
+        sdb.init_app(app)
+        if not apps:
+            with app.app_context():
+                sdb.drop_all()
+                sdb.create_all()
+            pg.wait_for_replay()
+        apps.append(app)
+        return app
+
+    yield factory
+    for shard in pg.shards.values():
+        if shard.replicas:
+            pg.resume_replay(*shard.replicas)
+    pg.resume_replay()
+    for app in apps:
+        _dispose_shard_app(app)
