@@ -8,6 +8,7 @@ work, one connection per engine inside a transaction) is SQLAlchemy's own.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import contextvars
 import threading
 import typing as t
@@ -323,6 +324,7 @@ class PartitionSession(ShardedSession):
         #: Names of the clusters this session wrote to: read from primaries.
         self.written_clusters: set[str | None] = set()
         self._replica_of: dict[str | None, sa.Engine] = {}
+        self._bulk_shard: str | None = None
         self.shard_chooser = router.shard_chooser or self._choose_shard
         self.identity_chooser = router.identity_chooser or self._identity_shards
         self.execute_chooser = router.execute_chooser or self._execute_shards
@@ -388,7 +390,7 @@ class PartitionSession(ShardedSession):
     def _shard_without_statement(self, mapper: t.Any, instance: t.Any) -> str:
         if instance is not None:
             return t.cast(str, self._choose_shard_and_assign(mapper, instance))
-        shard = _plan.get().shard
+        shard = self._bulk_shard or _plan.get().shard
         if shard is None:
             raise ScatterError(
                 f"A connection for sharded model"
@@ -504,6 +506,23 @@ class PartitionSession(ShardedSession):
                 return [name for name in self.router.shards if name in shards]
         return list(self.router.shards)
 
+    def _get_shards(self, orm_context: sa_orm.ORMExecuteState) -> t.Iterable[t.Any]:
+        """The shards the SELECT behind ``session.get()`` runs on: the
+        identity chooser's answer for its primary key.
+        """
+        mapper = t.cast("sa_orm.Mapper[t.Any]", orm_context.bind_mapper)
+        params = t.cast("dict[str, t.Any]", orm_context.parameters or {})
+        get_params = mapper._get_clause[1]
+        primary_key = tuple(params.get(get_params[c].key) for c in mapper.primary_key)
+        shards: t.Iterable[t.Any] = self.identity_chooser(
+            mapper,
+            primary_key,
+            lazy_loaded_from=None,
+            execution_options=orm_context.execution_options,
+            bind_arguments=orm_context.bind_arguments,
+        )
+        return shards
+
     def _identity_lookup(self, mapper: t.Any, *args: t.Any, **kw: t.Any) -> t.Any:
         if not self.router.shards or self.router.shard_key(mapper) is None:
             return sa_orm.Session._identity_lookup(self, mapper, *args, **kw)
@@ -542,7 +561,16 @@ class PartitionSession(ShardedSession):
             return options._identity_token
         if "_sa_shard_id" in orm_context.execution_options:
             return orm_context.execution_options["_sa_shard_id"]
-        return orm_context.bind_arguments.get("shard_id")
+        if "shard_id" in orm_context.bind_arguments:
+            return orm_context.bind_arguments["shard_id"]
+        # Relationship loads stay on the parent's shard: a lazy load knows its
+        # parent; a selectin/subquery load runs inside the parent's query,
+        # whose context carries the shard as its identity token.
+        parent = orm_context.lazy_loaded_from if orm_context.is_select else None
+        if parent is not None:
+            return parent.key[2] if parent.key else parent.identity_token
+        top = orm_context.execution_options.get("sa_top_level_orm_context")
+        return getattr(top, "identity_token", None)
 
     def _on_execute(self, orm_context: sa_orm.ORMExecuteState) -> Result[t.Any] | None:
         """``do_orm_execute`` hook: run statements on sharded tables on the
@@ -560,7 +588,10 @@ class PartitionSession(ShardedSession):
         statement = t.cast(sa.ClauseElement, orm_context.statement)
         if orm_context.is_insert:
             return self._insert(orm_context, key)
-        shards = list(self.execute_chooser(orm_context))
+        if _is_identity_get(orm_context):
+            shards = list(self._get_shards(orm_context))
+        else:
+            shards = list(self.execute_chooser(orm_context))
         if not shards:
             raise ScatterError(
                 f"No shard was chosen for a statement on {key.model!r}; the"
@@ -651,8 +682,14 @@ class PartitionSession(ShardedSession):
         if len(by_shard) == 1:
             (shard,) = by_shard
             return self._run_on(orm_context, [shard])[0]
+        # One executemany per shard; each re-enters this hook with its shard.
         results = [
-            self._run_on(orm_context, [shard], params=shard_rows)[0]
+            self.execute(
+                statement,
+                shard_rows,
+                execution_options=orm_context.local_execution_options,
+                bind_arguments={**orm_context.bind_arguments, "shard_id": shard},
+            )
             for shard, shard_rows in by_shard.items()
         ]
         return results[0].merge(*results[1:])
@@ -663,7 +700,6 @@ class PartitionSession(ShardedSession):
         shards: t.Sequence[str],
         statement: t.Any = None,
         *,
-        params: t.Any = None,
         parallel: bool = False,
     ) -> list[Result[t.Any]]:
         """Run the statement on each shard: one connection per shard, in
@@ -679,15 +715,17 @@ class PartitionSession(ShardedSession):
             bind_arguments.update(shard_id=name, bind=engine)
             calls.append((name, bind_arguments))
         if not parallel or len(calls) == 1:
-            return [
-                orm_context.invoke_statement(
-                    statement,
-                    params,
-                    execution_options={"identity_token": name},
-                    bind_arguments=bind_arguments,
-                )
-                for name, bind_arguments in calls
-            ]
+            results = []
+            for name, bind_arguments in calls:
+                with self._bulk_dml(orm_context, name):
+                    results.append(
+                        orm_context.invoke_statement(
+                            statement,
+                            execution_options={"identity_token": name},
+                            bind_arguments=bind_arguments,
+                        )
+                    )
+            return results
         # Flush once here, then connect every shard in this thread (the
         # session's transaction is not thread-safe); the threads only run
         # their own connection's query. ORM rows are built later, in this
@@ -700,7 +738,6 @@ class PartitionSession(ShardedSession):
         def invoke(name: str, bind_arguments: dict[str, t.Any]) -> Result[t.Any]:
             return orm_context.invoke_statement(
                 statement,
-                params,
                 execution_options={"identity_token": name, "autoflush": False},
                 bind_arguments=bind_arguments,
             )
@@ -716,6 +753,31 @@ class PartitionSession(ShardedSession):
             finally:
                 concurrent.futures.wait(futures)
         return [first, *(future.result() for future in futures)]
+
+    @contextlib.contextmanager
+    def _bulk_dml(
+        self, orm_context: sa_orm.ORMExecuteState, shard: str
+    ) -> t.Iterator[None]:
+        """Let SQLAlchemy's ORM bulk INSERT/UPDATE/DELETE run on one shard.
+
+        They refuse to run while the session has a ``connection_callable``
+        (per-row shard choice during flush), and ask for a connection by
+        mapper alone. Here the shard is already chosen, so the callable is
+        lifted for the call (after flushing pending objects the normal way)
+        and the shard is lent to :meth:`get_bind`.
+        """
+        if orm_context.is_select or not orm_context.is_orm_statement:
+            yield
+            return
+        if self.autoflush:
+            self._autoflush()
+        self.connection_callable = None  # type: ignore[assignment]
+        self._bulk_shard = shard
+        try:
+            yield
+        finally:
+            del self.connection_callable
+            self._bulk_shard = None
 
     # -- writes ------------------------------------------------------------
 
