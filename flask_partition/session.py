@@ -325,6 +325,7 @@ class PartitionSession(ShardedSession):
         self.written_clusters: set[str | None] = set()
         self._replica_of: dict[str | None, sa.Engine] = {}
         self._bulk_shard: str | None = None
+        self._scatter_lock: threading.Lock | None = None
         self.shard_chooser = router.shard_chooser or self._choose_shard
         self.identity_chooser = router.identity_chooser or self._identity_shards
         self.execute_chooser = router.execute_chooser or self._execute_shards
@@ -743,16 +744,32 @@ class PartitionSession(ShardedSession):
             )
 
         executor = self.router.executor()
-        with self.no_autoflush:
-            futures = [
-                executor.submit(contextvars.copy_context().run, invoke, name, args)
-                for name, args in calls[1:]
-            ]
-            try:
-                first = invoke(*calls[0])
-            finally:
-                concurrent.futures.wait(futures)
+        self._scatter_lock = threading.Lock()
+        try:
+            with self.no_autoflush:
+                futures = [
+                    executor.submit(contextvars.copy_context().run, invoke, name, args)
+                    for name, args in calls[1:]
+                ]
+                try:
+                    first = invoke(*calls[0])
+                finally:
+                    concurrent.futures.wait(futures)
+        finally:
+            self._scatter_lock = None
         return [first, *(future.result() for future in futures)]
+
+    def _connection_for_bind(
+        self, engine: t.Any, execution_options: t.Any = None, **kw: t.Any
+    ) -> sa.Connection:
+        # During a scatter, the threads look up their (already open)
+        # connection in the session's transaction one at a time: the
+        # transaction's state bookkeeping is not thread-safe.
+        lock = self._scatter_lock
+        if lock is None:
+            return super()._connection_for_bind(engine, execution_options, **kw)
+        with lock:
+            return super()._connection_for_bind(engine, execution_options, **kw)
 
     @contextlib.contextmanager
     def _bulk_dml(

@@ -615,3 +615,24 @@ def test_orm_bulk_insert_splits_rows_by_shard(
     for shard, ks in keys.items():
         found = _rows_on(pg, shard, 'SELECT DISTINCT customer_id FROM "order"')
         assert sorted(c for (c,) in found) == sorted(ks)
+
+
+def test_paginate_and_repeated_scatters_in_one_session(
+    make_pg_shard_app: ShardAppFactory,
+) -> None:
+    """Pagination pages and totals are exact over shards, and many parallel
+    scatters leave the session's transaction usable for a write and commit.
+    """
+    app = make_pg_shard_app()
+    data = _seed(app, rows=45)
+    ordered = [r["id"] for r in sorted(data, key=lambda r: (r["amount"], r["id"]))]
+    with app.test_request_context("/?page=3&per_page=7"):
+        page = sdb.paginate(sa.select(Order).order_by(Order.amount, Order.id))
+        assert [o.id for o in page.items] == ordered[14:21]
+        assert (page.total, page.pages, page.has_next) == (45, 7, True)
+        for _ in range(50):
+            total = sdb.session.scalar(sa.select(sa.func.sum(Order.amount)))
+            assert total == sum(r["amount"] for r in data)
+        sdb.session.add(Order(id=100, customer_id=1, amount=1))
+        sdb.session.commit()
+        assert sdb.session.scalar(sa.select(sa.func.count()).select_from(Order)) == 46
