@@ -819,6 +819,28 @@ class PartitionSession(ShardedSession):
             self._check_shards(plan.shard)
         super().flush(objects)
 
+    def _check_related_shards(self, state: t.Any) -> None:
+        """Refuse relating a sharded row to a sharded row of another shard:
+        the rows could never be joined or loaded together.
+        """
+        shard = _shard_of(state)
+        if shard is None or self.router.shard_key(state.mapper) is None:
+            return
+        for rel in state.mapper.relationships:
+            value = state.dict.get(rel.key)
+            if value is None or self.router.shard_key(rel.mapper) is None:
+                continue
+            for other in value if rel.uselist else [value]:
+                other_shard = _shard_of(sa.inspect(other))
+                if other_shard is not None and other_shard != shard:
+                    raise ShardKeyError(
+                        f"{state.mapper.class_.__name__}.{rel.key} relates a row"
+                        f" on shard {shard!r} to a {rel.mapper.class_.__name__}"
+                        f" on shard {other_shard!r}. Related sharded rows must"
+                        " share a shard (give them the same shard key)."
+                        " Nothing was written."
+                    )
+
     def _check_shards(self, pinned: str | None) -> None:
         """Give every new sharded row its shard, and refuse rows that would
         be stored where key-based reads miss them. Runs before any SQL.
@@ -838,6 +860,8 @@ class PartitionSession(ShardedSession):
                     f" {pinned!r} with 'use_shard'. Nothing was written."
                 )
             state.identity_token = shard
+        for instance in [*self.new, *self.dirty]:
+            self._check_related_shards(sa.inspect(instance))
         for instance in [*self.dirty, *self.deleted]:
             state = sa.inspect(instance)
             key = self.router.shard_key(state.mapper)
@@ -858,6 +882,10 @@ class PartitionSession(ShardedSession):
                     f"A {key.model} of shard {shard!r} was changed inside"
                     f" 'use_shard({pinned!r})'. Nothing was written."
                 )
+
+
+def _shard_of(state: t.Any) -> t.Any:
+    return state.key[2] if state.key else state.identity_token
 
 
 def _is_identity_get(orm_context: sa_orm.ORMExecuteState) -> bool:

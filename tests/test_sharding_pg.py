@@ -636,3 +636,19 @@ def test_paginate_and_repeated_scatters_in_one_session(
         sdb.session.add(Order(id=100, customer_id=1, amount=1))
         sdb.session.commit()
         assert sdb.session.scalar(sa.select(sa.func.count()).select_from(Order)) == 46
+
+
+def test_relating_rows_of_two_shards_is_refused(
+    make_pg_shard_app: ShardAppFactory, pg: PostgresTopology
+) -> None:
+    app = make_pg_shard_app()
+    keys = _keys_by_shard(app)
+    with app.app_context():
+        order = Order(id=1, customer_id=keys["eu"][0])
+        order.lines = [OrderLine(id=1, customer_id=keys["us"][0], sku="x")]
+        sdb.session.add(order)
+        with pytest.raises(ShardKeyError, match="shard 'us'"):
+            sdb.session.commit()
+        sdb.session.rollback()
+    for shard in SHARDS:
+        assert _rows_on(pg, shard, 'SELECT count(*) FROM "order"') == [(0,)]
