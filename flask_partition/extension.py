@@ -28,6 +28,7 @@ from .pagination import resolve_page_args
 from .replicas import Cluster
 from .replicas import make_policy
 from .routing import _plan
+from .session import cluster_label
 from .session import PartitionSession
 from .session import Router
 from .sharding import ShardMap
@@ -454,9 +455,7 @@ def _create_engine(
     try:
         return sa.create_engine(url, **options)
     except (sa_exc.ArgumentError, ImportError, TypeError) as error:
-        label = (
-            "the default cluster" if config.name is None else f"bind {config.name!r}"
-        )
+        label = cluster_label(config.name, shard=config.is_shard)
         raise ValueError(
             f"Cannot create an engine for {mask_uri(url)!r} ({label}): {error}"
         ) from error

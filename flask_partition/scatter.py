@@ -93,7 +93,7 @@ class MergePlan:
 
         :param results: One result per shard, in shard order.
         """
-        frozen = [result.freeze() for result in results]
+        frozen = [_freeze(result) for result in results]
         shard_rows = [[tuple(row) for row in f().all()] for f in frozen]
         rows: t.Iterable[tuple[t.Any, ...]]
         if self.combine is not None:
@@ -109,7 +109,7 @@ class MergePlan:
         stop = None if self.limit is None else self.offset + self.limit
         kept = [row[: self.width] for row in itertools.islice(rows, self.offset, stop)]
         template = frozen[0]().columns(*range(self.width)).freeze()
-        merged = template.with_new_rows(kept)()  # type: ignore[arg-type]
+        merged: Result[t.Any] = template.with_new_rows(kept)()
         if self.single_entity:
             merged._attributes = merged._attributes.union({"is_single_entity": True})
         return merged
@@ -133,6 +133,17 @@ class MergePlan:
                 if op is not None:
                     seen[i] = _COMBINERS[op](seen[i], row[i])
         return [tuple(values) for values in groups.values()]
+
+
+def _freeze(result: Result[t.Any]) -> t.Any:
+    """Read a shard's result into memory. A joined eager load of a
+    collection repeats its parent per child row; SQLAlchemy insists on
+    :meth:`~sqlalchemy.engine.Result.unique` for it, and so does the merge.
+    """
+    state = getattr(result, "_unique_filter_state", None)
+    if state is not None and getattr(state[1], "__name__", "") == "require_unique":
+        result = result.unique()
+    return result.freeze()
 
 
 def _sum(a: t.Any, b: t.Any) -> t.Any:
@@ -216,11 +227,14 @@ def plan_merge(
     descriptions = statement.column_descriptions
     columns = [_clause(d["expr"]) for d in descriptions]
     width = len(columns)
-    ops = [_combine_op(column) for column in columns]
+    _check_froms(statement)
     group_by = list(statement._group_by_clauses)
+    # Grouped by the bare shard key: every group lives on one shard, so the
+    # shards' rows are final and only need sorting and slicing.
     local_groups = shard_key is not None and any(
-        _refers_to(g, shard_key) for g in group_by
+        _is_column(g, shard_key) for g in group_by
     )
+    ops = [None if local_groups else _combine_op(column) for column in columns]
     combine: tuple[str | None, ...] | None = None
     if group_by and not local_groups:
         if statement._having_criteria:
@@ -301,7 +315,9 @@ def plan_merge(
         distinct=bool(statement._distinct) and not local_groups,
         offset=offset,
         limit=limit,
-        presorted=bool(sort) and combine is None,
+        # DISTINCT rows are re-sorted after dropping duplicates: a shard
+        # sorts in its own collation, the merge in code-point order.
+        presorted=bool(sort) and combine is None and not statement._distinct,
         single_entity=single_entity,
     )
 
@@ -414,14 +430,42 @@ def _walk(element: t.Any) -> t.Iterator[t.Any]:
         yield from _walk(child)
 
 
-def _refers_to(expression: t.Any, column: sa.Column[t.Any]) -> bool:
-    for element in _walk(expression):
-        if isinstance(element, sa.Column) and (
-            element is column
-            or (element.name == column.name and element.table is column.table)
+def _is_column(expression: t.Any, column: sa.Column[t.Any]) -> bool:
+    """True when ``expression`` is ``column`` itself (perhaps labelled or
+    ORM-annotated), not merely an expression using it.
+    """
+    while isinstance(expression, sa_elements.Label):
+        expression = expression.element
+    return expression is column or (
+        isinstance(expression, sa.ColumnClause)
+        and expression.name == column.name
+        and getattr(expression, "table", None) is column.table
+    )
+
+
+def _check_froms(statement: sa.Select[t.Any]) -> None:
+    """Refuse a FROM subquery whose result depends on seeing every row:
+    each shard would compute it over its own rows only.
+    """
+    for element in _walk(statement):
+        if element is statement or not isinstance(element, sa.Subquery):
+            continue
+        inner = element.element
+        if not isinstance(inner, sa.Select):
+            continue
+        if (
+            inner._group_by_clauses
+            or inner._distinct
+            or inner._limit_clause is not None
+            or inner._offset_clause is not None
+            or any(_contains_aggregate(c) for c in inner.selected_columns)
         ):
-            return True
-    return False
+            raise ScatterError(
+                "A subquery in FROM with GROUP BY, DISTINCT, LIMIT/OFFSET or an"
+                " aggregate would be computed per shard, so its merged result"
+                " would be wrong. Narrow the query to one shard, or run the"
+                " inner query on its own (it merges exactly) and use its result."
+            )
 
 
 def _is_group_key(expression: t.Any, group_by: list[t.Any]) -> bool:

@@ -147,6 +147,13 @@ class Router:
                 f" {known or 'none'}. Add it to 'PARTITION_SHARDS' or fix the name."
             ) from None
 
+    def _no_shards(self, what: str) -> None:
+        if not self.shards:
+            raise UnknownShardError(
+                f"{what} is sharded, but 'PARTITION_SHARDS' is not configured."
+                " Configure the shards, or remove '__shard_key__'."
+            )
+
     def shard_key(self, mapper: t.Any) -> ShardKey | None:
         """Return the shard key of a mapper, ``None`` for unsharded ones.
 
@@ -220,6 +227,8 @@ class Router:
         except KeyError:
             pass
         inspected = t.cast("sa_orm.Mapper[t.Any]", sa.inspect(mapper))
+        if any(is_sharded(tbl) for tbl in inspected.tables):
+            self._no_shards(f"Model {inspected.class_.__name__!r}")
         keys = {bind_key_of(tbl) for tbl in inspected.tables}
         if len(keys) > 1:
             raise CrossClusterError(
@@ -237,6 +246,7 @@ class Router:
             return self.default
         tables = sa_sql_util.find_tables(clause, check_columns=True, include_crud=True)
         if any(is_sharded(table) for table in tables):
+            self._no_shards("A table in the statement")
             raise ScatterError(
                 "The statement refers to sharded tables but no shard was chosen."
                 " Use 'use_shard', a shard key condition or"
@@ -477,6 +487,9 @@ class PartitionSession(ShardedSession):
         key = self.router.shard_key(mapper)
         if key is None:
             return [None]
+        parent = kw.get("lazy_loaded_from")
+        if parent is not None and _shard_of(parent) is not None:
+            return [_shard_of(parent)]
         pinned = _plan.get().shard
         if pinned is not None:
             return [pinned]
@@ -501,6 +514,9 @@ class PartitionSession(ShardedSession):
                 if isinstance(orm_context.parameters, dict)
                 else None,
             )
+            if values == []:
+                # 'key IN ()' matches nothing: any one shard answers that.
+                return list(self.router.shards)[:1]
             if values is not None:
                 context = f" ({key.model}.{key.column.name})"
                 shards = {self.router.shard_for_key(v, context=context) for v in values}
@@ -535,15 +551,39 @@ class PartitionSession(ShardedSession):
         """The shard key of the statement's sharded table, ``None`` when it
         touches no sharded table.
         """
+        statement = t.cast(sa.ClauseElement, orm_context.statement)
         mapper = orm_context.bind_mapper
         if mapper is not None:
-            return self.router.shard_key(mapper)
-        tables = self.router.sharded_tables(
-            t.cast(sa.ClauseElement, orm_context.statement)
-        )
+            key = self.router.shard_key(mapper)
+            # One sharded entity may still join an unsharded table; check
+            # when the statement is sharded or names more than one FROM.
+            if key is not None or _may_join(statement):
+                self._refuse_mixed(statement)
+            return key
+        tables = self.router.sharded_tables(statement)
         if not tables:
             return None
+        self._refuse_mixed(statement)
         return shard_key_of_table(tables[0]) or ShardKey(tables[0].name, None, None)
+
+    def _refuse_mixed(self, statement: sa.ClauseElement) -> None:
+        """Refuse a statement joining sharded and unsharded tables: they
+        live on different databases.
+        """
+        if isinstance(statement, sa.TextClause):
+            return
+        tables = sa_sql_util.find_tables(
+            statement, check_columns=True, include_crud=True
+        )
+        named = [tbl for tbl in tables if isinstance(tbl, sa.Table)]
+        sharded = [tbl.name for tbl in named if is_sharded(tbl)]
+        plain = [tbl.name for tbl in named if not is_sharded(tbl)]
+        if sharded and plain:
+            raise CrossClusterError(
+                f"The statement joins sharded tables {sorted(set(sharded))!r}"
+                f" with unsharded tables {sorted(set(plain))!r}, which live on"
+                " other databases. Query each side on its own."
+            )
 
     def _explicit_shard(self, orm_context: sa_orm.ORMExecuteState) -> t.Any:
         """The shard named by SQLAlchemy's own controls, as
@@ -580,15 +620,19 @@ class PartitionSession(ShardedSession):
         key = self._statement_key(orm_context)
         if key is None:
             return None
+        statement = t.cast(sa.ClauseElement, orm_context.statement)
+        if orm_context.is_update:
+            self._refuse_key_change(orm_context, key)
         shard = self._explicit_shard(orm_context)
-        if shard is None:
-            shard = _plan.get().shard
         if shard is not None:
             self.router.shard(shard, context=f" (for {key.model!r})")
             return self._run_on(orm_context, [shard])[0]
-        statement = t.cast(sa.ClauseElement, orm_context.statement)
+        pinned = _plan.get().shard
         if orm_context.is_insert:
-            return self._insert(orm_context, key)
+            return self._insert(orm_context, key, pinned)
+        if pinned is not None:
+            self.router.shard(pinned, context=" (from 'use_shard')")
+            return self._run_on(orm_context, [pinned])[0]
         if _is_identity_get(orm_context):
             shards = list(self._get_shards(orm_context))
         else:
@@ -609,11 +653,12 @@ class PartitionSession(ShardedSession):
         ):
             if not orm_context.execution_options.get(ALL_SHARDS):
                 raise ScatterError(
-                    f"This {_describe(statement)} on {key.model!r} has no shard"
-                    f" key condition and would run on {len(shards)} shards."
-                    " Add a condition on the shard key, use 'use_shard', or"
-                    f" pass execution_options({ALL_SHARDS}=True) to run it on"
-                    " every shard on purpose."
+                    f"This {_describe(statement)} on {key.model!r} would run on"
+                    f" {len(shards)} shards ({', '.join(map(repr, shards))}):"
+                    " writes never spread over shards silently. Narrow it with"
+                    " a condition on the shard key or 'use_shard', or pass"
+                    f" execution_options({ALL_SHARDS}=True) to run it on those"
+                    " shards on purpose."
                 )
             results = self._run_on(orm_context, shards)
             return results[0].merge(*results[1:])
@@ -645,55 +690,79 @@ class PartitionSession(ShardedSession):
         return plan.merge(results)
 
     def _insert(
-        self, orm_context: sa_orm.ORMExecuteState, key: ShardKey
+        self, orm_context: sa_orm.ORMExecuteState, key: ShardKey, pinned: str | None
     ) -> Result[t.Any]:
         """An INSERT goes to the shard of its rows' keys; rows of several
-        shards are split into one INSERT per shard.
+        shards are split into one INSERT per shard. Under ``use_shard``, every
+        row must map to the pinned shard.
         """
-        statement = orm_context.statement
-        params: t.Any = orm_context.parameters
-        rows: list[dict[str, t.Any]]
-        if isinstance(params, list):
-            rows = [dict(p) for p in params]
-        elif params:
-            rows = [dict(params)]
-        else:
-            rows = [{}]
-        values = {
-            getattr(c, "key", str(c)): getattr(v, "effective_value", v)
-            for c, v in (getattr(statement, "_values", None) or {}).items()
-        }
+        statement = t.cast(t.Any, orm_context.statement)
         if key.column is None:
-            raise ScatterError(
-                f"An INSERT into {key.model!r} (a sharded table without a shard"
-                " key) needs a shard: use 'use_shard' or"
-                " bind_arguments={'shard_id': ...}."
-            )
+            if pinned is None:
+                raise ScatterError(
+                    f"An INSERT into {key.model!r} (a sharded table without a"
+                    " shard key) needs a shard: use 'use_shard' or"
+                    " bind_arguments={'shard_id': ...}."
+                )
+            return self._run_on(orm_context, [pinned])[0]
         name = key.column.key
         by_shard: dict[str, list[dict[str, t.Any]]] = {}
-        for row in rows:
-            value = row.get(name, row.get(key.attribute or name, values.get(name)))
+        for row in _insert_rows(statement, orm_context.parameters):
+            value = row.get(name, row.get(key.attribute or name))
             if value is None:
                 raise ShardKeyError(
                     f"An INSERT into {key.model!r} has no value for the shard key"
                     f" {name!r}; it decides the row's shard. Nothing was inserted."
                 )
             shard = self.router.shard_for_key(value, context=f" ({key.model}.{name})")
+            if pinned is not None and shard != pinned:
+                raise ShardKeyError(
+                    f"An INSERT into {key.model!r} has a row with {name}={value!r},"
+                    f" which belongs on shard {shard!r}, inside"
+                    f" 'use_shard({pinned!r})'. Nothing was inserted."
+                )
             by_shard.setdefault(shard, []).append(row)
         if len(by_shard) == 1:
             (shard,) = by_shard
             return self._run_on(orm_context, [shard])[0]
-        # One executemany per shard; each re-enters this hook with its shard.
-        results = [
-            self.execute(
-                statement,
-                shard_rows,
-                execution_options=orm_context.local_execution_options,
-                bind_arguments={**orm_context.bind_arguments, "shard_id": shard},
+        # One INSERT per shard; each re-enters this hook with its shard.
+        results = []
+        for shard, shard_rows in by_shard.items():
+            if getattr(statement, "_multi_values", ()):
+                per_shard = sa.insert(statement.table).values(shard_rows)
+                if statement._returning:
+                    per_shard = per_shard.returning(*statement._returning)
+                args: tuple[t.Any, ...] = (per_shard,)
+            else:
+                args = (statement, shard_rows)
+            results.append(
+                self.execute(
+                    *args,
+                    execution_options=orm_context.local_execution_options,
+                    bind_arguments={**orm_context.bind_arguments, "shard_id": shard},
+                )
             )
-            for shard, shard_rows in by_shard.items()
-        ]
         return results[0].merge(*results[1:])
+
+    def _refuse_key_change(
+        self, orm_context: sa_orm.ORMExecuteState, key: ShardKey
+    ) -> None:
+        """An UPDATE may not set the shard key: rows would stay on the shard
+        of their old key.
+        """
+        if key.column is None:
+            return
+        statement = t.cast(t.Any, orm_context.statement)
+        names = {getattr(c, "key", c) for c in (statement._values or {})}
+        params = orm_context.parameters
+        for row in params if isinstance(params, list) else [params or {}]:
+            names.update(row)
+        if key.column.key in names or key.attribute in names:
+            raise ShardKeyError(
+                f"This UPDATE sets {key.model}.{key.column.key}, the shard key:"
+                " the rows would stay on the shard of their old key. Insert new"
+                " rows and delete the old ones instead. Nothing was written."
+            )
 
     def _run_on(
         self,
@@ -709,6 +778,10 @@ class PartitionSession(ShardedSession):
         clause = t.cast(
             sa.ClauseElement, orm_context.statement if statement is None else statement
         )
+        # Flush before choosing engines: a flush marks shards as written, and
+        # a read must then go to those shards' primaries, not their replicas.
+        if _autoflushes(self, orm_context):
+            self._autoflush()
         calls = []
         for name in shards:
             engine = self._engine_for(self.router.shards[name], clause)
@@ -727,12 +800,10 @@ class PartitionSession(ShardedSession):
                         )
                     )
             return results
-        # Flush once here, then connect every shard in this thread (the
-        # session's transaction is not thread-safe); the threads only run
-        # their own connection's query. ORM rows are built later, in this
-        # thread, when the results are merged.
-        if orm_context.load_options._autoflush:
-            self._autoflush()
+        # Connect every shard in this thread (the session's transaction is
+        # not thread-safe); the threads only run their own connection's
+        # query. ORM rows are built later, in this thread, when the results
+        # are merged.
         for _name, bind_arguments in calls:
             self.connection(bind_arguments={"bind": bind_arguments["bind"]})
 
@@ -786,8 +857,6 @@ class PartitionSession(ShardedSession):
         if orm_context.is_select or not orm_context.is_orm_statement:
             yield
             return
-        if self.autoflush:
-            self._autoflush()
         self.connection_callable = None  # type: ignore[assignment]
         self._bulk_shard = shard
         try:
@@ -849,10 +918,10 @@ class PartitionSession(ShardedSession):
             state = sa.inspect(instance)
             if self.router.shard_key(state.mapper) is None:
                 continue
-            shard = state.identity_token
-            if shard is None:
-                shard = self.shard_chooser(state.mapper, instance, None)
-                self.router.shard(shard, context=" (from the shard chooser)")
+            # Chosen again on every flush: the key may have changed since a
+            # flush that failed.
+            shard = self.shard_chooser(state.mapper, instance, None)
+            self.router.shard(shard, context=" (from the shard chooser)")
             if pinned is not None and shard != pinned:
                 raise ShardKeyError(
                     f"A new {state.mapper.class_.__name__} belongs on shard"
@@ -882,6 +951,59 @@ class PartitionSession(ShardedSession):
                     f"A {key.model} of shard {shard!r} was changed inside"
                     f" 'use_shard({pinned!r})'. Nothing was written."
                 )
+
+
+def _insert_rows(statement: t.Any, parameters: t.Any) -> list[dict[str, t.Any]]:
+    """The rows an INSERT writes, as dicts by column key: its parameter
+    sets, ``.values(...)`` and multi-row ``.values([...])``.
+    """
+
+    def value(v: t.Any) -> t.Any:
+        return getattr(v, "effective_value", v)
+
+    base = {
+        getattr(c, "key", c): value(v)
+        for c, v in (getattr(statement, "_values", None) or {}).items()
+    }
+    multi = getattr(statement, "_multi_values", ())
+    if multi:
+        rows: list[dict[str, t.Any]] = []
+        for row in multi[0]:
+            if isinstance(row, dict):
+                rows.append(
+                    {str(getattr(c, "key", c)): value(v) for c, v in row.items()}
+                )
+            else:
+                columns = statement.table.c
+                pairs = zip(columns, row, strict=False)
+                rows.append({str(c.key): value(v) for c, v in pairs})
+        return rows
+    if isinstance(parameters, list):
+        return [{**base, **p} for p in parameters] or [base]
+    return [{**base, **(parameters or {})}]
+
+
+def _may_join(statement: t.Any) -> bool:
+    """Cheap test: does a statement join or select from more than its
+    entity? (Subqueries in WHERE are not looked at.)
+    """
+    return bool(
+        getattr(statement, "_setup_joins", None)
+        or getattr(statement, "_from_obj", None)
+    )
+
+
+def _autoflushes(session: sa_orm.Session, orm_context: sa_orm.ORMExecuteState) -> bool:
+    """Whether SQLAlchemy would autoflush before this statement."""
+    if not session.autoflush or session._flushing:
+        return False
+    if orm_context.is_select:
+        return bool(orm_context.load_options._autoflush)
+    if orm_context.is_orm_statement and (
+        orm_context.is_update or orm_context.is_delete
+    ):
+        return bool(orm_context.update_delete_options._autoflush)
+    return True
 
 
 def _shard_of(state: t.Any) -> t.Any:
