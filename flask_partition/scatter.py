@@ -22,6 +22,7 @@ import sqlalchemy as sa
 import sqlalchemy.sql.elements as sa_elements
 import sqlalchemy.sql.functions as sa_functions
 import sqlalchemy.sql.operators as sa_operators
+import sqlalchemy.sql.visitors as sa_visitors
 from sqlalchemy.engine import Result
 
 from .errors import ScatterError
@@ -227,7 +228,6 @@ def plan_merge(
     descriptions = statement.column_descriptions
     columns = [_clause(d["expr"]) for d in descriptions]
     width = len(columns)
-    _check_froms(statement)
     group_by = list(statement._group_by_clauses)
     # Grouped by the bare shard key: every group lives on one shard, so the
     # shards' rows are final and only need sorting and slicing.
@@ -296,6 +296,7 @@ def plan_merge(
         # Each shard sorts exactly as the merge compares.
         shard_statement = shard_statement.order_by(None).order_by(*order_by)
 
+    _check_froms(statement)
     limit = _int_clause(statement, "_limit_clause", "LIMIT")
     offset = _int_clause(statement, "_offset_clause", "OFFSET") or 0
     if combine is not None or statement._distinct:
@@ -444,28 +445,44 @@ def _is_column(expression: t.Any, column: sa.Column[t.Any]) -> bool:
 
 
 def _check_froms(statement: sa.Select[t.Any]) -> None:
-    """Refuse a FROM subquery whose result depends on seeing every row:
-    each shard would compute it over its own rows only.
+    """Refuse a nested query whose result depends on seeing every row (in
+    FROM, a CTE, WHERE or the column list): each shard would compute it over
+    its own rows only. Correlated subqueries, which use the outer row's
+    table, run per outer row and stay exact.
     """
-    for element in _walk(statement):
-        if element is statement or not isinstance(element, sa.Subquery):
+    outer: set[t.Any] = set()
+    sources = list(statement.get_final_froms())
+    while sources:
+        source = sources.pop()
+        if isinstance(source, sa.Join):
+            sources += [source.left, source.right]
+        else:
+            outer.add(source)
+    for element in sa_visitors.iterate(statement):
+        if element is statement or not isinstance(element, sa.Select):
             continue
-        inner = element.element
-        if not isinstance(inner, sa.Select):
-            continue
-        if (
-            inner._group_by_clauses
-            or inner._distinct
-            or inner._limit_clause is not None
-            or inner._offset_clause is not None
-            or any(_contains_aggregate(c) for c in inner.selected_columns)
+        if not (
+            element._group_by_clauses
+            or element._distinct
+            or element._limit_clause is not None
+            or element._offset_clause is not None
+            or any(_contains_aggregate(c) for c in element.selected_columns)
         ):
-            raise ScatterError(
-                "A subquery in FROM with GROUP BY, DISTINCT, LIMIT/OFFSET or an"
-                " aggregate would be computed per shard, so its merged result"
-                " would be wrong. Narrow the query to one shard, or run the"
-                " inner query on its own (it merges exactly) and use its result."
-            )
+            continue
+        inner = {
+            getattr(c, "table", None)
+            for c in sa_visitors.iterate(element)
+            if isinstance(c, sa.ColumnClause)
+        }
+        if inner & outer:
+            continue
+        raise ScatterError(
+            "A subquery (in FROM, a CTE, WHERE or the columns) with GROUP BY,"
+            " DISTINCT, LIMIT/OFFSET or an aggregate would be computed per"
+            " shard, so the merged result would be wrong."
+            " Narrow the query to one shard, or run the inner query on its own"
+            " (it merges exactly) and use its result."
+        )
 
 
 def _is_group_key(expression: t.Any, group_by: list[t.Any]) -> bool:

@@ -660,8 +660,7 @@ class PartitionSession(ShardedSession):
                     f" execution_options({ALL_SHARDS}=True) to run it on those"
                     " shards on purpose."
                 )
-            results = self._run_on(orm_context, shards)
-            return results[0].merge(*results[1:])
+            return _merge_writes(self._run_on(orm_context, shards))
         single_entity = False
         if orm_context.is_orm_statement:
             descriptions = getattr(statement, "column_descriptions", [])
@@ -729,9 +728,10 @@ class PartitionSession(ShardedSession):
         results = []
         for shard, shard_rows in by_shard.items():
             if getattr(statement, "_multi_values", ()):
-                per_shard = sa.insert(statement.table).values(shard_rows)
-                if statement._returning:
-                    per_shard = per_shard.returning(*statement._returning)
+                # The same statement (RETURNING, prefixes...) with this
+                # shard's rows only.
+                per_shard = statement._generate()
+                per_shard._multi_values = (tuple(shard_rows),)
                 args: tuple[t.Any, ...] = (per_shard,)
             else:
                 args = (statement, shard_rows)
@@ -742,7 +742,7 @@ class PartitionSession(ShardedSession):
                     bind_arguments={**orm_context.bind_arguments, "shard_id": shard},
                 )
             )
-        return results[0].merge(*results[1:])
+        return _merge_writes(results)
 
     def _refuse_key_change(
         self, orm_context: sa_orm.ORMExecuteState, key: ShardKey
@@ -983,14 +983,27 @@ def _insert_rows(statement: t.Any, parameters: t.Any) -> list[dict[str, t.Any]]:
     return [{**base, **(parameters or {})}]
 
 
-def _may_join(statement: t.Any) -> bool:
-    """Cheap test: does a statement join or select from more than its
-    entity? (Subqueries in WHERE are not looked at.)
+def _merge_writes(results: list[Result[t.Any]]) -> Result[t.Any]:
+    """One result for a write run on several shards; ``rowcount`` is the
+    total over the shards.
     """
-    return bool(
-        getattr(statement, "_setup_joins", None)
-        or getattr(statement, "_from_obj", None)
-    )
+    merged = results[0].merge(*results[1:])
+    counts = [getattr(r, "rowcount", None) for r in results]
+    if all(isinstance(c, int) and c >= 0 for c in counts):
+        merged.rowcount = sum(t.cast("list[int]", counts))
+    return merged
+
+
+def _may_join(statement: t.Any) -> bool:
+    """Does a statement join or select from more than one table, explicitly
+    or implicitly? (Subqueries in WHERE are not looked at.)
+    """
+    if getattr(statement, "_setup_joins", None) or getattr(
+        statement, "_from_obj", None
+    ):
+        return True
+    froms = getattr(statement, "get_final_froms", None)
+    return froms is not None and len(froms()) > 1
 
 
 def _autoflushes(session: sa_orm.Session, orm_context: sa_orm.ORMExecuteState) -> bool:
