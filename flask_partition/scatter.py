@@ -474,7 +474,10 @@ def _check_froms(statement: sa.Select[t.Any]) -> None:
             for c in sa_visitors.iterate(element)
             if isinstance(c, sa.ColumnClause)
         }
-        if inner & outer:
+        # correlate(None) turns correlation off: the subquery then runs on
+        # its own even when it names the outer query's table.
+        correlates = element._auto_correlate or bool(element._correlate)
+        if correlates and inner & outer:
             continue
         raise ScatterError(
             "A subquery (in FROM, a CTE, WHERE or the columns) with GROUP BY,"

@@ -1458,13 +1458,6 @@ _count_cte = sa.select(sa.func.count().label("n")).select_from(Order).cte("count
             )
             .order_by(Order.id),
             id="explicitly-uncorrelated-same-table",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: scatter.py _check_froms takes a subquery that"
-                " mentions a table of the outer FROM for a correlated one; a"
-                " subquery on the same table with .correlate(None) is not"
-                " correlated, runs per shard and the merge is wrong",
-            ),
         ),
     ],
 )
