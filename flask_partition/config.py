@@ -115,23 +115,10 @@ def parse_config(
             "'PARTITION_REPLICAS'",
         )
     }
-    binds = config.get("PARTITION_BINDS")
-    if binds is None:
-        binds = {}
-    if not isinstance(binds, t.Mapping):
-        raise TypeError(
-            "'PARTITION_BINDS' must be a dict of bind names to database URIs or"
-            f" cluster dicts, got {mask_uri(binds)!r}."
-        )
-    for name, value in binds.items():
-        if not isinstance(name, str) or not name:
-            raise TypeError(
-                f"'PARTITION_BINDS' keys must be non-empty strings, got {name!r}."
-            )
-        clusters[name] = _bind(
-            name, value, global_options, instance_path, "PARTITION_BINDS"
-        )
-    shards = _shards(config.get("PARTITION_SHARDS"), global_options, instance_path)
+    clusters.update(
+        _family(config, "PARTITION_BINDS", "bind", global_options, instance_path)
+    )
+    shards = _family(config, "PARTITION_SHARDS", "shard", global_options, instance_path)
     for name in shards:
         if name in clusters:
             raise ValueError(
@@ -158,26 +145,28 @@ def parse_config(
     )
 
 
-def _shards(
-    value: object, global_options: dict[str, t.Any], instance_path: str | None
+def _family(
+    config: t.Mapping[str, t.Any],
+    family: str,
+    noun: str,
+    global_options: dict[str, t.Any],
+    instance_path: str | None,
 ) -> dict[str, ClusterConfig]:
+    """Read ``PARTITION_BINDS`` or ``PARTITION_SHARDS``: names to clusters."""
+    value = config.get(family)
     if value is None:
         return {}
     if not isinstance(value, t.Mapping):
         raise TypeError(
-            "'PARTITION_SHARDS' must be a dict of shard names to database URIs or"
+            f"'{family}' must be a dict of {noun} names to database URIs or"
             f" cluster dicts, got {mask_uri(value)!r}."
         )
-    shards: dict[str, ClusterConfig] = {}
+    clusters: dict[str, ClusterConfig] = {}
     for name, item in value.items():
         if not isinstance(name, str) or not name:
-            raise TypeError(
-                f"'PARTITION_SHARDS' keys must be non-empty strings, got {name!r}."
-            )
-        shards[name] = _bind(
-            name, item, global_options, instance_path, "PARTITION_SHARDS"
-        )
-    return shards
+            raise TypeError(f"'{family}' keys must be non-empty strings, got {name!r}.")
+        clusters[name] = _bind(name, item, global_options, instance_path, family)
+    return clusters
 
 
 def _bind(

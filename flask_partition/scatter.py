@@ -188,7 +188,7 @@ class _Ordered:
     def __lt__(self, other: _Ordered) -> bool:
         for key in self.sort:
             a, b = self.row[key.index], other.row[key.index]
-            if a == b or (a is None and b is None):
+            if a == b:
                 continue
             if a is None:
                 return key.nulls_first

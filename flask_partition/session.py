@@ -273,12 +273,16 @@ class Router:
         for cluster in [*self.clusters.values(), *self.shards.values()]:
             yield from cluster.engines()
 
-    def sharded_tables(self, clause: sa.ClauseElement) -> list[sa.Table]:
-        """The sharded tables a Core statement refers to."""
+    def tables(self, clause: sa.ClauseElement) -> list[sa.Table]:
+        """The tables a statement refers to (none for raw SQL)."""
         if isinstance(clause, sa.TextClause):
             return []
         tables = sa_sql_util.find_tables(clause, check_columns=True, include_crud=True)
-        return [tbl for tbl in tables if isinstance(tbl, sa.Table) and is_sharded(tbl)]
+        return [tbl for tbl in tables if isinstance(tbl, sa.Table)]
+
+    def sharded_tables(self, clause: sa.ClauseElement) -> list[sa.Table]:
+        """The sharded tables a Core statement refers to."""
+        return [tbl for tbl in self.tables(clause) if is_sharded(tbl)]
 
 
 class _FunctionShardMap:
@@ -488,8 +492,9 @@ class PartitionSession(ShardedSession):
         if key is None:
             return [None]
         parent = kw.get("lazy_loaded_from")
-        if parent is not None and _shard_of(parent) is not None:
-            return [_shard_of(parent)]
+        parent_shard = None if parent is None else _shard_of(parent)
+        if parent_shard is not None:
+            return [parent_shard]
         pinned = _plan.get().shard
         if pinned is not None:
             return [pinned]
@@ -558,32 +563,14 @@ class PartitionSession(ShardedSession):
             # One sharded entity may still join an unsharded table; check
             # when the statement is sharded or names more than one FROM.
             if key is not None or _may_join(statement):
-                self._refuse_mixed(statement)
+                _refuse_mixed(self.router.tables(statement))
             return key
-        tables = self.router.sharded_tables(statement)
-        if not tables:
+        tables = self.router.tables(statement)
+        sharded = [tbl for tbl in tables if is_sharded(tbl)]
+        if not sharded:
             return None
-        self._refuse_mixed(statement)
-        return shard_key_of_table(tables[0]) or ShardKey(tables[0].name, None, None)
-
-    def _refuse_mixed(self, statement: sa.ClauseElement) -> None:
-        """Refuse a statement joining sharded and unsharded tables: they
-        live on different databases.
-        """
-        if isinstance(statement, sa.TextClause):
-            return
-        tables = sa_sql_util.find_tables(
-            statement, check_columns=True, include_crud=True
-        )
-        named = [tbl for tbl in tables if isinstance(tbl, sa.Table)]
-        sharded = [tbl.name for tbl in named if is_sharded(tbl)]
-        plain = [tbl.name for tbl in named if not is_sharded(tbl)]
-        if sharded and plain:
-            raise CrossClusterError(
-                f"The statement joins sharded tables {sorted(set(sharded))!r}"
-                f" with unsharded tables {sorted(set(plain))!r}, which live on"
-                " other databases. Query each side on its own."
-            )
+        _refuse_mixed(tables)
+        return shard_key_of_table(sharded[0]) or ShardKey(sharded[0].name, None, None)
 
     def _explicit_shard(self, orm_context: sa_orm.ORMExecuteState) -> t.Any:
         """The shard named by SQLAlchemy's own controls, as
@@ -609,7 +596,7 @@ class PartitionSession(ShardedSession):
         # whose context carries the shard as its identity token.
         parent = orm_context.lazy_loaded_from if orm_context.is_select else None
         if parent is not None:
-            return parent.key[2] if parent.key else parent.identity_token
+            return _shard_of(parent)
         top = orm_context.execution_options.get("sa_top_level_orm_context")
         return getattr(top, "identity_token", None)
 
@@ -992,6 +979,20 @@ def _merge_writes(results: list[Result[t.Any]]) -> Result[t.Any]:
     if all(isinstance(c, int) and c >= 0 for c in counts):
         merged.rowcount = sum(t.cast("list[int]", counts))
     return merged
+
+
+def _refuse_mixed(tables: list[sa.Table]) -> None:
+    """Refuse a statement joining sharded and unsharded tables: they live
+    on different databases.
+    """
+    sharded = [tbl.name for tbl in tables if is_sharded(tbl)]
+    plain = [tbl.name for tbl in tables if not is_sharded(tbl)]
+    if sharded and plain:
+        raise CrossClusterError(
+            f"The statement joins sharded tables {sorted(set(sharded))!r}"
+            f" with unsharded tables {sorted(set(plain))!r}, which live on"
+            " other databases. Query each side on its own."
+        )
 
 
 def _may_join(statement: t.Any) -> bool:
