@@ -1,15 +1,14 @@
 from __future__ import annotations
 
-import os
 import typing as t
 
 import pytest
 from flask import Flask
 
 from flask_partition.testing import PostgresTopology
-from flask_partition.testing import unavailable_reason
 from partition_models import AppFactory
 from partition_models import db
+from pg_support import require_postgres
 from shard_models import sdb
 from shard_models import ShardAppFactory
 
@@ -58,11 +57,7 @@ def pg() -> t.Iterator[PostgresTopology]:
     Databases: 'app' (default cluster) and 'analytics' (a bind). Locally
     without PostgreSQL the tests that use it skip; in CI they fail.
     """
-    reason = unavailable_reason()
-    if reason is not None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI needs PostgreSQL: {reason}")
-        pytest.skip(reason)
+    require_postgres()
     with PostgresTopology(
         replicas=2,
         databases=["app", "analytics"],

@@ -4,7 +4,6 @@ of its own with its own streaming replicas, apart from the main primary.
 
 from __future__ import annotations
 
-import os
 import typing as t
 
 import pytest
@@ -13,7 +12,7 @@ import sqlalchemy as sa
 from flask_partition.testing import PostgresNode
 from flask_partition.testing import PostgresTopology
 from flask_partition.testing import ShardServers
-from flask_partition.testing import unavailable_reason
+from pg_support import require_postgres
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +21,7 @@ def topology() -> t.Iterator[PostgresTopology]:
     streaming replica, 'us' with none. Locally without PostgreSQL the tests
     skip; in CI they fail.
     """
-    reason = unavailable_reason()
-    if reason is not None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI needs PostgreSQL: {reason}")
-        pytest.skip(reason)
+    require_postgres()
     with PostgresTopology(
         replicas=0, databases=("app",), shards={"eu": 1, "us": 0}
     ) as pg:
@@ -191,9 +186,7 @@ def test_config_urls_connect_with_sqlalchemy(topology: PostgresTopology) -> None
 
 
 def test_shard_names_are_checked() -> None:
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    require_postgres()
     with pytest.raises(ValueError, match="Shard name"):
         PostgresTopology(shards={"EU west": 0})
     with pytest.raises(ValueError, match="replica count"):
@@ -204,9 +197,7 @@ def test_failed_start_stops_every_server(tmp_path: t.Any) -> None:
     """One shard server failing mid-start stops the servers the other
     threads started, and removes the folder.
     """
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    require_postgres()
     started: list[PostgresNode] = []
 
     class Failing(PostgresTopology):
