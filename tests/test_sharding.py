@@ -638,16 +638,24 @@ def test_each_order_lands_on_the_shard_of_its_key(shard_app: Flask) -> None:
     assert _query_file(folder, "analytics", "SELECT id FROM audit_event") == [(1,)]
 
 
-def test_children_follow_their_order_and_relationships_stay_on_the_shard(
-    shard_app: Flask,
-) -> None:
-    keys = _keys(sdb.get_router(shard_app))
+def _order_with_line_on_a_and_b(app: Flask) -> tuple[int, int]:
+    """Store Order 1 with OrderLine 1 on shard 'a' (sku 'on-a') and again on
+    shard 'b' (sku 'on-b'); return the two customer ids.
+    """
+    keys = _keys(sdb.get_router(app))
     ka, kb = keys["a"][0], keys["b"][0]
-    with shard_app.app_context():
+    with app.app_context():
         for key, sku in ((ka, "on-a"), (kb, "on-b")):
             line = OrderLine(id=1, customer_id=key, sku=sku)
             sdb.session.add(Order(id=1, customer_id=key, lines=[line]))
         sdb.session.commit()
+    return ka, kb
+
+
+def test_children_follow_their_order_and_relationships_stay_on_the_shard(
+    shard_app: Flask,
+) -> None:
+    ka, kb = _order_with_line_on_a_and_b(shard_app)
     sql = "SELECT order_id, sku FROM order_line"
     assert _query_file(shard_app.instance_path, "a", sql) == [(1, "on-a")]
     assert _query_file(shard_app.instance_path, "b", sql) == [(1, "on-b")]
@@ -670,13 +678,7 @@ def test_children_follow_their_order_and_relationships_stay_on_the_shard(
 def test_many_to_one_lazy_load_returns_the_parent_of_the_same_shard(
     shard_app: Flask,
 ) -> None:
-    keys = _keys(sdb.get_router(shard_app))
-    ka, kb = keys["a"][0], keys["b"][0]
-    with shard_app.app_context():
-        for key, sku in ((ka, "on-a"), (kb, "on-b")):
-            line = OrderLine(id=1, customer_id=key, sku=sku)
-            sdb.session.add(Order(id=1, customer_id=key, lines=[line]))
-        sdb.session.commit()
+    ka, kb = _order_with_line_on_a_and_b(shard_app)
     with shard_app.app_context():
         parents = sdb.session.scalars(sa.select(Order)).all()
         assert len(parents) == 2  # both parents are in the identity map
