@@ -17,6 +17,7 @@ from flask import Flask
 from flask import g
 from flask.globals import app_ctx
 
+from .cli import partition_cli
 from .config import ClusterConfig
 from .config import mask_uri
 from .config import parse_config
@@ -126,8 +127,9 @@ class PartitionDB:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Read the ``PARTITION_*`` config of ``app``, create its engines and
-        register session teardown.
+        """Read the ``PARTITION_*`` config of ``app``, create its engines,
+        register session teardown and add the ``flask partition`` commands
+        (see :doc:`/cli`).
 
         :param app: The Flask application.
         :raises RuntimeError: If a ``PartitionDB`` is already registered on
@@ -165,6 +167,7 @@ class PartitionDB:
         app.before_request(self._resolve_shard)
         app.teardown_request(self._reset_shard)
         app.teardown_appcontext(self._teardown_session)
+        app.cli.add_command(partition_cli)
 
     def shard_resolver(
         self, resolver: t.Callable[[], str | None]

@@ -1,0 +1,927 @@
+"""``flask partition``: inspect and manage every database of an application.
+
+:meth:`PartitionDB.init_app <flask_partition.PartitionDB.init_app>` adds the
+``partition`` command group to the application's CLI:
+
+``status``
+    Every node of every cluster: reachable or not, replica lag.
+``create-all`` / ``drop-all``
+    Create or drop the tables, cluster by cluster.
+``shards``
+    The shard map and the rows each shard holds.
+``dev-cluster``
+    Start a local PostgreSQL topology shaped like the application's config.
+
+Exit codes scripts can rely on: :data:`EXIT_OK`, :data:`EXIT_FAILED`,
+:data:`EXIT_USAGE`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import threading
+import typing as t
+
+import click
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+from flask import current_app
+from flask.cli import AppGroup
+
+from .config import ClusterConfig
+from .config import mask_uri
+from .errors import ShardingError
+from .routing import Role
+from .sharding import HashShardMap
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+    from .extension import PartitionDB
+    from .testing import PostgresTopology
+
+#: Exit code: the command did what it was asked; every node answered.
+EXIT_OK: t.Final = 0
+#: Exit code: a node could not be reached (``status``, ``shards``), an
+#: operation failed on a cluster (``create-all``, ``drop-all``), a model's
+#: bind is not configured, or ``drop-all`` was not confirmed.
+EXIT_FAILED: t.Final = 1
+#: Exit code: a usage error, such as an unknown option or an unknown
+#: ``--bind`` or ``--shard`` name. Nothing was done.
+EXIT_USAGE: t.Final = 2
+
+#: Bind names that ``dev-cluster`` can turn into database names.
+_DATABASE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}")
+
+partition_cli = AppGroup(
+    "partition",
+    help=(
+        "Inspect and manage the databases of Flask-Partition: the default"
+        " cluster, the binds and the shards. Exit codes: 0 success, 1 a node"
+        " unreachable or an operation failed, 2 usage error."
+    ),
+)
+
+
+def _db() -> PartitionDB:
+    db = current_app.extensions.get("partition")
+    if db is None:
+        raise click.ClickException(
+            "This application has no 'PartitionDB'. Call 'db.init_app(app)' first."
+        )
+    return t.cast("PartitionDB", db)
+
+
+# -- status ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeStatus:
+    """What ``flask partition status`` found out about one database server.
+
+    .. versionadded:: 0.1.0
+    """
+
+    #: The bind or shard name, ``None`` for the default cluster.
+    cluster: str | None
+    #: ``"default"``, ``"bind"`` or ``"shard"``.
+    kind: str
+    #: Primary or replica.
+    role: Role
+    #: The replica's index in its configured list; 0 for a primary.
+    index: int
+    #: The URL, password masked.
+    url: str
+    #: Whether a connection and a query succeeded.
+    reachable: bool
+    #: Why the node is unreachable, password masked; ``None`` when reachable.
+    error: str | None = None
+    #: How many bytes of WAL the replica has not replayed yet (PostgreSQL
+    #: replicas whose primary answered); ``None`` otherwise.
+    lag_bytes: int | None = None
+    #: How long ago the last transaction the replica replayed was committed,
+    #: 0 when it has replayed everything (PostgreSQL replicas); else ``None``.
+    lag_seconds: float | None = None
+    #: Warnings, e.g. a configured replica that is not in recovery.
+    notes: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The node's name in reports: ``primary`` or ``replica[0]``."""
+        return "primary" if self.role is Role.PRIMARY else f"replica[{self.index}]"
+
+    def as_json(self) -> dict[str, t.Any]:
+        """The status as JSON-compatible data."""
+        data = dataclasses.asdict(self)
+        data["role"] = self.role.value
+        data["notes"] = list(self.notes)
+        return data
+
+
+@dataclasses.dataclass
+class _Probe:
+    reachable: bool
+    error: str | None = None
+    in_recovery: bool | None = None
+    lsn: int | None = None
+    replay_age: float | None = None
+
+
+def check_nodes(app: Flask | None = None, *, timeout: float = 5.0) -> list[NodeStatus]:
+    """Connect to every node of every cluster and shard of ``app`` and
+    report its state: the default cluster first, then the binds and the
+    shards in configuration order, each primary before its replicas.
+
+    Each node gets a new connection (not one from the application's pools)
+    with the cluster's ``connect_args`` and, on PostgreSQL and MySQL, a
+    connect timeout of ``timeout`` seconds. Clusters are checked in
+    parallel. On PostgreSQL, a replica's lag is the distance between its
+    ``pg_last_wal_replay_lsn()`` and its primary's ``pg_current_wal_lsn()``,
+    in bytes, and the age of ``pg_last_xact_replay_timestamp()`` while that
+    distance is not zero.
+
+    :param app: Defaults to the current application.
+    :param timeout: Seconds to wait for each connection.
+
+    .. versionadded:: 0.1.0
+    """
+    app = app or t.cast("Flask", current_app._get_current_object())  # type: ignore[attr-defined]
+    topology = _db_of(app).get_state(app).topology
+    clusters: list[tuple[str, ClusterConfig]] = [
+        ("default" if name is None else "bind", config)
+        for name, config in topology.clusters.items()
+    ]
+    clusters += [("shard", config) for config in topology.shards.values()]
+    with concurrent.futures.ThreadPoolExecutor(min(16, len(clusters))) as pool:
+        results = pool.map(lambda c: _check_cluster(c[0], c[1], timeout), clusters)
+        return [node for nodes in results for node in nodes]
+
+
+def _db_of(app: Flask) -> PartitionDB:
+    db = app.extensions.get("partition")
+    if db is None:
+        raise RuntimeError(
+            f"The Flask app {app.name!r} has no 'PartitionDB'. Call"
+            " 'db.init_app(app)' first."
+        )
+    return t.cast("PartitionDB", db)
+
+
+def _check_cluster(
+    kind: str, config: ClusterConfig, timeout: float
+) -> list[NodeStatus]:
+    primary = _probe(config.primary, config, timeout, Role.PRIMARY)
+    notes: tuple[str, ...] = ()
+    if primary.in_recovery:
+        notes = ("in recovery: this is a standby, not a primary",)
+    nodes = [_status(kind, config, Role.PRIMARY, 0, primary, notes=notes)]
+    for index, url in enumerate(config.replicas):
+        probe = _probe(url, config, timeout, Role.REPLICA)
+        lag_bytes: int | None = None
+        lag_seconds: float | None = None
+        notes = ()
+        if probe.in_recovery is False:
+            notes = ("not in recovery: this is a primary, not a replica",)
+        elif probe.lsn is not None and primary.lsn is not None:
+            lag_bytes = max(0, primary.lsn - probe.lsn)
+            if lag_bytes == 0:
+                lag_seconds = 0.0
+            elif probe.replay_age is not None:
+                lag_seconds = max(0.0, probe.replay_age)
+        nodes.append(
+            _status(
+                kind, config, Role.REPLICA, index, probe, lag_bytes, lag_seconds, notes
+            )
+        )
+    return nodes
+
+
+def _status(
+    kind: str,
+    config: ClusterConfig,
+    role: Role,
+    index: int,
+    probe: _Probe,
+    lag_bytes: int | None = None,
+    lag_seconds: float | None = None,
+    notes: tuple[str, ...] = (),
+) -> NodeStatus:
+    url = config.primary if role is Role.PRIMARY else config.replicas[index]
+    return NodeStatus(
+        cluster=config.name,
+        kind=kind,
+        role=role,
+        index=index,
+        url=display_url(url),
+        reachable=probe.reachable,
+        error=probe.error,
+        lag_bytes=lag_bytes,
+        lag_seconds=lag_seconds,
+        notes=notes,
+    )
+
+
+def _probe(url: sa.URL, config: ClusterConfig, timeout: float, role: Role) -> _Probe:
+    connect_args = dict(config.engine_options.get("connect_args") or {})
+    if url.get_backend_name() in ("postgresql", "mysql", "mariadb"):
+        # libpq and the MySQL drivers take whole seconds; libpq at least 2.
+        connect_args.setdefault("connect_timeout", max(2, math.ceil(timeout)))
+    try:
+        engine = sa.create_engine(
+            url, poolclass=sa.pool.NullPool, connect_args=connect_args
+        )
+    except (sa_exc.ArgumentError, ImportError) as error:
+        return _Probe(False, _error_text(error))
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name != "postgresql":
+                conn.execute(sa.text("SELECT 1"))
+                return _Probe(True)
+            return _probe_postgres(conn, role)
+    except Exception as error:  # whatever fails, the node is not usable
+        return _Probe(False, _error_text(error))
+    finally:
+        engine.dispose()
+
+
+def _probe_postgres(conn: sa.Connection, role: Role) -> _Probe:
+    in_recovery = bool(conn.scalar(sa.text("SELECT pg_is_in_recovery()")))
+    if not in_recovery:
+        lsn = conn.scalar(sa.text("SELECT pg_current_wal_lsn()::text"))
+        return _Probe(True, in_recovery=False, lsn=_lsn(lsn))
+    row = conn.execute(
+        sa.text(
+            "SELECT pg_last_wal_replay_lsn()::text,"
+            " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8"
+        )
+    ).one()
+    return _Probe(True, in_recovery=True, lsn=_lsn(row[0]), replay_age=row[1])
+
+
+def _lsn(text: str | None) -> int | None:
+    """Turn a ``pg_lsn`` such as ``16/B374D848`` into a byte position."""
+    if text is None:
+        return None
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def display_url(url: sa.URL) -> str:
+    """Render ``url`` for people: the password masked, a SQLite path as
+    written (SQLAlchemy would escape the ``:`` of ``file:``).
+
+    .. versionadded:: 0.1.0
+    """
+    if url.get_backend_name() == "sqlite" and url.database:
+        query = "&".join(f"{k}={v}" for k, v in sorted(url.query.items()))
+        return f"{url.drivername}:///{url.database}{'?' + query if query else ''}"
+    return mask_uri(url)
+
+
+def _error_text(error: BaseException) -> str:
+    """One line about ``error``, without the SQL or a password."""
+    cause = getattr(error, "orig", None) or error
+    text = str(cause).strip().splitlines()
+    first = text[0] if text else type(cause).__name__
+    return mask_uri(f"{type(cause).__name__}: {first}")
+
+
+def _label(kind: str, name: str | None) -> str:
+    return "the default cluster" if kind == "default" else f"{kind} {name!r}"
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+@partition_cli.command("status")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for each connection.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status_command(timeout: float, as_json: bool) -> None:
+    """Show every node of every cluster: reachable or not, and replica lag.
+
+    Lag is measured on PostgreSQL: the WAL bytes a replica has not replayed
+    and the age of the last transaction it replayed. Passwords are never
+    shown. Exits with 1 when a node is unreachable.
+    """
+    nodes = check_nodes(current_app._get_current_object(), timeout=timeout)  # type: ignore[attr-defined]
+    down = [node for node in nodes if not node.reachable]
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"ok": not down, "nodes": [node.as_json() for node in nodes]}, indent=2
+            )
+        )
+    else:
+        rows = [
+            [
+                "default" if node.cluster is None else node.cluster,
+                node.kind,
+                node.name,
+                "ok" if node.reachable else "UNREACHABLE",
+                "-" if node.lag_bytes is None else str(node.lag_bytes),
+                "-" if node.lag_seconds is None else f"{node.lag_seconds:.3f}",
+                node.url,
+            ]
+            for node in nodes
+        ]
+        header = ["CLUSTER", "KIND", "NODE", "STATE", "LAG BYTES", "LAG SECONDS", "URL"]
+        click.echo(_table(header, rows, right={4, 5}))
+        for node in nodes:
+            where = f"{_label(node.kind, node.cluster)} {node.name}"
+            if node.error:
+                click.echo(f"{where}: {node.error}", err=True)
+            for note in node.notes:
+                click.echo(f"{where}: {note}", err=True)
+        summary = f"{len(nodes) - len(down)} of {len(nodes)} nodes reachable."
+        click.echo(summary, err=bool(down))
+    if down:
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+# -- create-all and drop-all ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    label: str
+    metadata: sa.MetaData
+    engine: sa.Engine
+    bind: str | None = None
+    shard: str | None = None
+
+
+def _targets(
+    default: bool, binds: t.Sequence[str], shards: t.Sequence[str]
+) -> list[_Target]:
+    """The clusters the options select (all without options), checked
+    before anything is done: an unknown name is a usage error.
+    """
+    db = _db()
+    router = db.get_router()
+    everything = not (default or binds or shards)
+    keys: list[str | None] = list(router.clusters) if everything else []
+    if default:
+        keys.append(None)
+    for name in binds:
+        if name not in router.clusters or name is None:
+            known = ", ".join(repr(k) for k in router.clusters if k is not None)
+            raise click.BadParameter(
+                f"Bind {name!r} is not configured. Configured binds:"
+                f" {known or 'none'}.",
+                param_hint="'--bind'",
+            )
+        keys.append(name)
+    for name in shards:
+        if name not in router.shards:
+            known = ", ".join(repr(k) for k in router.shards)
+            raise click.BadParameter(
+                f"Shard {name!r} is not configured. Configured shards:"
+                f" {known or 'none'}.",
+                param_hint="'--shard'",
+            )
+    shard_names = list(router.shards) if everything else list(dict.fromkeys(shards))
+    metadatas = db.metadatas
+    targets = [
+        _Target(
+            "the default cluster" if key is None else f"bind {key!r}",
+            metadatas.get(key) or sa.MetaData(),
+            router.clusters[key].primary,
+            bind=key,
+        )
+        for key in dict.fromkeys(keys)
+    ]
+    targets += [
+        _Target(
+            f"shard {name!r}",
+            db.shard_metadata,
+            router.shards[name].primary,
+            shard=name,
+        )
+        for name in shard_names
+    ]
+    return targets
+
+
+def _unconfigured(everything: bool) -> list[str]:
+    """Problems with models whose cluster is missing, when every cluster was
+    asked for: ``db.create_all()`` would raise for them.
+    """
+    if not everything:
+        return []
+    db = _db()
+    router = db.get_router()
+    problems = [
+        f"bind {key!r} (tables {', '.join(repr(n) for n in metadata.tables)}) is"
+        " not configured; add it to 'PARTITION_BINDS'."
+        for key, metadata in db.metadatas.items()
+        if metadata.tables and key not in router.clusters
+    ]
+    if db.shard_metadata.tables and not router.shards:
+        names = ", ".join(repr(n) for n in db.shard_metadata.tables)
+        problems.append(
+            f"sharded tables ({names}) exist but 'PARTITION_SHARDS' is not set."
+        )
+    return problems
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _run_on_targets(targets: list[_Target], operation: str, everything: bool) -> None:
+    db = _db()
+    failed = 0
+    for target in targets:
+        where = f"{target.label} ({display_url(target.engine.url)})"
+        tables = target.metadata.sorted_tables
+        try:
+            inspector = sa.inspect(target.engine)
+            existing = [
+                table.name
+                for table in tables
+                if inspector.has_table(table.name, schema=table.schema)
+            ]
+            kwargs: dict[str, t.Any] = (
+                {"shard": target.shard} if target.shard else {"bind": target.bind}
+            )
+            getattr(db, operation)(**kwargs)
+        except (sa_exc.SQLAlchemyError, OSError) as error:
+            failed += 1
+            click.echo(f"{where}: failed: {_error_text(error)}", err=True)
+            continue
+        if operation == "create_all":
+            created = [table.name for table in tables if table.name not in existing]
+            if not tables:
+                result = "no tables"
+            elif created:
+                result = (
+                    f"created {_plural(len(created), 'table')}: {', '.join(created)}"
+                )
+                if existing:
+                    result += f"; {len(existing)} existed"
+            else:
+                verb = "exists" if len(tables) == 1 else "exist"
+                result = f"nothing to create ({_plural(len(tables), 'table')} {verb})"
+        else:
+            result = (
+                f"dropped {_plural(len(existing), 'table')}: {', '.join(existing)}"
+                if existing
+                else "no tables to drop"
+            )
+        click.echo(f"{where}: {result}")
+    for problem in _unconfigured(everything):
+        failed += 1
+        click.echo(f"Error: {problem}", err=True)
+    if failed:
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _cluster_options(f: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
+    f = click.option(
+        "--shard",
+        "shards",
+        multiple=True,
+        metavar="NAME",
+        help="A shard (the sharded tables). Repeatable.",
+    )(f)
+    f = click.option(
+        "--bind",
+        "binds",
+        multiple=True,
+        metavar="NAME",
+        help="A bind of 'PARTITION_BINDS'. Repeatable.",
+    )(f)
+    f = click.option("--default", "default", is_flag=True, help="The default cluster.")(
+        f
+    )
+    return f
+
+
+@partition_cli.command("create-all")
+@_cluster_options
+def create_all_command(
+    default: bool, binds: tuple[str, ...], shards: tuple[str, ...]
+) -> None:
+    """Create missing tables on the primaries, one line per cluster.
+
+    Without options, on every cluster: the default one, each bind and each
+    shard. With ``--default``, ``--bind`` or ``--shard``, on those only.
+    Existing tables are left as they are. Exits with 1 when a cluster
+    failed (the others are still done).
+    """
+    targets = _targets(default, binds, shards)
+    _run_on_targets(targets, "create_all", not (default or binds or shards))
+
+
+@partition_cli.command("drop-all")
+@_cluster_options
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def drop_all_command(
+    default: bool, binds: tuple[str, ...], shards: tuple[str, ...], yes: bool
+) -> None:
+    """Drop the tables of the models on the primaries, one line per cluster.
+
+    Without options, on every cluster; with ``--default``, ``--bind`` or
+    ``--shard``, on those only. Asks first unless ``--yes`` is given; no
+    answer, or any answer but yes, exits with 1 and drops nothing.
+    """
+    targets = _targets(default, binds, shards)
+    if not yes:
+        click.echo("This drops the tables of:")
+        for target in targets:
+            names = ", ".join(target.metadata.tables) or "no tables"
+            click.echo(f"  {target.label} ({display_url(target.engine.url)}): {names}")
+        if not click.confirm("Drop them?", default=False):
+            click.echo("Nothing was dropped.", err=True)
+            raise click.exceptions.Exit(EXIT_FAILED)
+    _run_on_targets(targets, "drop_all", not (default or binds or shards))
+
+
+# -- shards -----------------------------------------------------------------------
+
+
+def _key_value(text: str) -> int | str:
+    """A key from the command line: digits are an int, the rest a string."""
+    return int(text) if re.fullmatch(r"-?\d+", text) else text
+
+
+@partition_cli.command("shards")
+@click.option(
+    "--key",
+    "keys",
+    multiple=True,
+    metavar="VALUE",
+    help="Show the shard of this shard key value (digits are an int). Repeatable.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def shards_command(keys: tuple[str, ...], as_json: bool) -> None:
+    """Show the shard map, and how many rows each shard holds per table.
+
+    Buckets are listed for the default hash map. Rows are counted on each
+    shard's replica (its primary when it has none). Exits with 1 when a
+    shard cannot be read or lacks a table.
+    """
+    db = _db()
+    router = db.get_router()
+    if not router.shards:
+        if keys:
+            raise click.UsageError(
+                "'--key' needs shards; 'PARTITION_SHARDS' is not set."
+            )
+        click.echo("No shards: 'PARTITION_SHARDS' is not set.")
+        return
+    shard_map = router.shard_map
+    buckets = (
+        shard_map.buckets_by_shard() if isinstance(shard_map, HashShardMap) else None
+    )
+    resolved: dict[str, dict[str, t.Any]] = {}
+    for text in keys:
+        value = _key_value(text)
+        try:
+            name = router.shard_for_key(value)
+        except ShardingError as error:
+            raise click.BadParameter(str(error), param_hint="'--key'") from None
+        entry: dict[str, t.Any] = {"shard": name}
+        if isinstance(shard_map, HashShardMap):
+            entry["bucket"] = shard_map.bucket_of(value)
+        resolved[text] = entry
+    tables = db.shard_metadata.sorted_tables
+    counts: dict[str, dict[str, int | None]] = {}
+    errors: dict[str, str] = {}
+    urls: dict[str, str] = {}
+    for name, cluster in router.shards.items():
+        engine = cluster.replicas[0] if cluster.replicas else cluster.primary
+        urls[name] = display_url(engine.url)
+        counts[name], problem = _count_rows(engine, tables)
+        if problem:
+            errors[name] = problem
+    missing = {
+        name: [table for table, rows in shard_counts.items() if rows is None]
+        for name, shard_counts in counts.items()
+        if name not in errors
+    }
+    missing = {name: tables for name, tables in missing.items() if tables}
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "map": type(shard_map).__name__,
+                    "buckets": shard_map.buckets
+                    if isinstance(shard_map, HashShardMap)
+                    else None,
+                    "shards": {
+                        name: {
+                            "url": urls[name],
+                            "buckets": None if buckets is None else len(buckets[name]),
+                            "error": errors.get(name),
+                            "rows": counts[name],
+                        }
+                        for name in router.shards
+                    },
+                    "keys": resolved,
+                },
+                indent=2,
+            )
+        )
+    else:
+        _print_shards(shard_map, buckets, urls, counts, errors, tables, resolved)
+    for name, names in missing.items():
+        click.echo(
+            f"Shard {name!r} has no table {', '.join(repr(n) for n in names)}; run"
+            f" 'flask partition create-all --shard {name}'.",
+            err=True,
+        )
+    if errors or missing:
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _count_rows(
+    engine: sa.Engine, tables: list[sa.Table]
+) -> tuple[dict[str, int | None], str | None]:
+    """Rows per table on one shard (``None``: no such table), or an error."""
+    counts: dict[str, int | None] = {}
+    try:
+        with engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            for table in tables:
+                if not inspector.has_table(table.name, schema=table.schema):
+                    counts[table.name] = None
+                    continue
+                query = sa.select(sa.func.count()).select_from(table)
+                counts[table.name] = int(conn.execute(query).scalar_one())
+    except sa_exc.SQLAlchemyError as error:
+        return {table.name: None for table in tables}, _error_text(error)
+    return counts, None
+
+
+def _print_shards(
+    shard_map: t.Any,
+    buckets: dict[str, list[int]] | None,
+    urls: dict[str, str],
+    counts: dict[str, dict[str, int | None]],
+    errors: dict[str, str],
+    tables: list[sa.Table],
+    resolved: dict[str, dict[str, t.Any]],
+) -> None:
+    if buckets is not None:
+        total = sum(len(owned) for owned in buckets.values())
+        click.echo(f"Shard map: HashShardMap over {_plural(total, 'bucket')}.")
+    else:
+        click.echo(f"Shard map: {type(shard_map).__name__} (buckets: hash maps only).")
+    click.echo()
+    rows = []
+    for name, url in urls.items():
+        owned = "-" if buckets is None else str(len(buckets[name]))
+        share = "-" if buckets is None else f"{100 * len(buckets[name]) / total:.1f}%"
+        rows.append([name, owned, share, url])
+    click.echo(_table(["SHARD", "BUCKETS", "SHARE", "ROWS COUNTED ON"], rows, {1, 2}))
+    if tables:
+        click.echo()
+        header = ["TABLE", *urls, "TOTAL"]
+        table_rows = []
+        for table in tables:
+            cells = []
+            total_rows = 0
+            for name in urls:
+                rows_here = counts[name].get(table.name)
+                if name in errors:
+                    cells.append("?")
+                elif rows_here is None:
+                    cells.append("missing")
+                else:
+                    cells.append(str(rows_here))
+                    total_rows += rows_here
+            table_rows.append([table.name, *cells, str(total_rows)])
+        click.echo(_table(header, table_rows, set(range(1, len(header)))))
+    for name, error in errors.items():
+        click.echo(f"Shard {name!r} ({urls[name]}): {error}", err=True)
+    if resolved:
+        click.echo()
+        for text, entry in resolved.items():
+            bucket = f" (bucket {entry['bucket']})" if "bucket" in entry else ""
+            click.echo(f"Key {text!r} -> shard {entry['shard']!r}{bucket}")
+
+
+# -- dev-cluster --------------------------------------------------------------------
+
+
+def _wait_for_stop() -> None:
+    """Block until Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+    previous: t.Any = None
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    except ValueError:  # not the main thread: Ctrl-C only
+        previous = None
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def dev_cluster_config(
+    topology: PostgresTopology, database: str, binds: t.Sequence[str]
+) -> dict[str, t.Any]:
+    """The ``PARTITION_*`` config of a started topology: ``database`` on the
+    main primary and its replicas is the default cluster, each bind a
+    database of that name on the same servers, each shard server a shard.
+
+    .. versionadded:: 0.1.0
+    """
+    primary = topology.primary
+    if primary is None:
+        raise RuntimeError("The topology is not started; call 'start()'.")
+    return {
+        "PARTITION_DATABASE_URI": primary.url(database),
+        "PARTITION_REPLICAS": [r.url(database) for r in topology.replicas],
+        "PARTITION_BINDS": {
+            name: {
+                "primary": primary.url(name),
+                "replicas": [r.url(name) for r in topology.replicas],
+            }
+            for name in binds
+        },
+        "PARTITION_SHARDS": {
+            name: shard.config(database) for name, shard in topology.shards.items()
+        },
+    }
+
+
+def export_lines(config: t.Mapping[str, t.Any]) -> list[str]:
+    """Shell ``export`` lines for ``config``: strings as they are, lists and
+    dicts as JSON, each quoted for POSIX shells.
+
+    .. versionadded:: 0.1.0
+    """
+    lines = []
+    for key, value in config.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        lines.append(f"export {key}={shlex.quote(text)}")
+    return lines
+
+
+@partition_cli.command("dev-cluster")
+@click.option(
+    "--replicas",
+    type=click.IntRange(0, 8),
+    default=1,
+    show_default=True,
+    help="Streaming replicas of the main primary (the default cluster and binds).",
+)
+@click.option(
+    "--bind",
+    "binds",
+    multiple=True,
+    metavar="NAME",
+    help="A bind: a database of this name on the main servers. Repeatable."
+    " Default: the binds the app configures.",
+)
+@click.option(
+    "--shard",
+    "shards",
+    multiple=True,
+    metavar="NAME",
+    help="A shard server: a primary of its own. Repeatable. Default: the shards"
+    " the app configures.",
+)
+@click.option(
+    "--shard-replicas",
+    type=click.IntRange(0, 8),
+    default=1,
+    show_default=True,
+    help="Streaming replicas of each shard server.",
+)
+@click.option(
+    "--database",
+    default="app",
+    show_default=True,
+    help="The default cluster's database.",
+)
+@click.option(
+    "--base-dir",
+    type=click.Path(file_okay=False, exists=True),
+    help="Where to put the servers' folder. Default: /dev/shm or the temp folder.",
+)
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False),
+    help="Also write the export lines to this file; it is removed on exit.",
+)
+def dev_cluster_command(
+    replicas: int,
+    binds: tuple[str, ...],
+    shards: tuple[str, ...],
+    shard_replicas: int,
+    database: str,
+    base_dir: str | None,
+    env_file: str | None,
+) -> None:
+    """Start a local PostgreSQL topology until Ctrl-C.
+
+    A primary with streaming replicas serves the default cluster and each
+    bind (one database each); each shard gets a server of its own with its
+    replicas. Prints the 'export PARTITION_...' lines to paste into the
+    shell that runs the app. Needs the PostgreSQL server binaries; data
+    lives in a temporary folder and is deleted when the servers stop.
+    """
+    from .testing import PostgresTopology
+    from .testing import unavailable_reason
+
+    router = _db().get_router()
+    binds = binds or tuple(k for k in router.clusters if k is not None)
+    shards = shards or tuple(router.shards)
+    for name in [database, *binds]:
+        if not _DATABASE_NAME.fullmatch(name) or name == "postgres":
+            raise click.BadParameter(
+                f"{name!r} cannot name a database: use letters, digits, '_' and"
+                " '-' (not 'postgres').",
+                param_hint="'--bind' or '--database'",
+            )
+    if len(set([database, *binds])) != len(binds) + 1:
+        raise click.BadParameter(
+            "The database and the binds need distinct names.",
+            param_hint="'--bind' or '--database'",
+        )
+    reason = unavailable_reason()
+    if reason is not None:
+        raise click.ClickException(f"Cannot start PostgreSQL: {reason}")
+    try:
+        topology = PostgresTopology(
+            replicas,
+            databases=[database, *binds],
+            base_dir=base_dir,
+            shards=dict.fromkeys(shards, shard_replicas),
+        )
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="'--shard'") from None
+    servers = 1 + replicas + len(shards) * (1 + shard_replicas)
+    click.echo(f"Starting {_plural(servers, 'PostgreSQL server')}...", err=True)
+    with topology:
+        lines = export_lines(dev_cluster_config(topology, database, binds))
+        assert topology.primary is not None
+        click.echo(f"# Flask-Partition dev cluster in {topology.base}")
+        click.echo(
+            f"#   default cluster: database {database!r} on 127.0.0.1:"
+            f"{topology.primary.port}, {_plural(replicas, 'replica')}"
+        )
+        for name in binds:
+            click.echo(f"#   bind {name!r}: database {name!r} on the same servers")
+        for name, shard in topology.shards.items():
+            click.echo(
+                f"#   shard {name!r}: 127.0.0.1:{shard.primary.port},"
+                f" {_plural(len(shard.replicas), 'replica')}"
+            )
+        click.echo("# Paste these lines into the shell that runs your app:")
+        for line in lines:
+            click.echo(line)
+        if env_file:
+            with open(env_file, "w") as f:
+                f.write("\n".join(lines) + "\n")
+        click.echo("# Press Ctrl-C to stop the servers and delete their data.")
+        try:
+            _wait_for_stop()
+        finally:
+            if env_file:
+                with contextlib.suppress(OSError):
+                    os.remove(env_file)
+    click.echo("Stopped the servers and deleted their data.", err=True)
+
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "NodeStatus",
+    "check_nodes",
+    "dev_cluster_config",
+    "display_url",
+    "export_lines",
+    "partition_cli",
+]
