@@ -39,6 +39,7 @@ from flask.cli import AppGroup
 from .config import ClusterConfig
 from .config import mask_uri
 from .errors import ShardingError
+from .errors import UnknownShardError
 from .routing import Role
 from .sharding import HashShardMap
 
@@ -601,8 +602,8 @@ def shards_command(keys: tuple[str, ...], as_json: bool) -> None:
     for text in keys:
         value = _key_value(text)
         try:
-            name = router.shard_for_key(value)
-        except ShardingError as error:
+            name = router.shard_for_key(value, context=" (from '--key')")
+        except (ShardingError, UnknownShardError) as error:
             raise click.BadParameter(str(error), param_hint="'--key'") from None
         entry: dict[str, t.Any] = {"shard": name}
         if isinstance(shard_map, HashShardMap):
