@@ -24,6 +24,20 @@ from shard_models import sdb
 from shard_models import ShardAppFactory
 
 
+@pytest.fixture(autouse=True)
+def _drop_tables_afterwards(request: pytest.FixtureRequest) -> t.Iterator[None]:
+    """Leave the shared servers without this module's tables, which other
+    modules do not expect in their databases.
+    """
+    if "make_pg_shard_app" not in request.fixturenames:
+        yield
+        return
+    factory = request.getfixturevalue("make_pg_shard_app")
+    yield
+    with factory().app_context():
+        sdb.drop_all()
+
+
 def run(app: Flask, *args: str, input: str | None = None) -> Result:
     return app.test_cli_runner().invoke(args=["partition", *args], input=input)
 
