@@ -11,6 +11,7 @@ import uuid
 
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
+import sqlalchemy.orm as sa_orm
 
 from flask_partition import use_primary
 from flask_partition import use_shard
@@ -192,10 +193,13 @@ def find_order(customer_id: int, order_id: uuid.UUID) -> Order | None:
 
     The shard key in the ``WHERE`` sends the query to one shard's replica.
     An order placed a moment ago may not have reached that replica yet, so a
-    miss is asked again on the shard's primary.
+    miss is asked again on the shard's primary. The lines are loaded with
+    the order, inside the block: a lazy load later would go to the replica.
     """
-    query = sa.select(Order).where(
-        Order.customer_id == customer_id, Order.id == order_id
+    query = (
+        sa.select(Order)
+        .where(Order.customer_id == customer_id, Order.id == order_id)
+        .options(sa_orm.selectinload(Order.lines))
     )
     order = db.session.scalars(query).first()
     if order is None:
