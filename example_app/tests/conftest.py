@@ -1,7 +1,7 @@
 """Fixtures for the shop's tests.
 
-``app`` is the shop on SQLite files in a temporary folder (pytest-flask's
-``client`` and ``runner`` fixtures use it). Note that pytest-flask pushes a
+``app`` is the shop on SQLite files in a temporary folder; pytest-flask's
+``client`` and the ``runner`` fixture use it. Note that pytest-flask pushes a
 request context for every test using ``app``, so the requests a test makes
 with ``client`` share that context's ``db.session``: a request after a write
 reads the written cluster from its primary. The helpers below set data up in
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from flask.testing import FlaskCliRunner
 
 from example_app import create_app
 from example_app import shop
@@ -48,6 +49,12 @@ def app(tmp_path: Path) -> t.Iterator[Flask]:
     app = create_app({"TESTING": True, **sqlite_config_in(tmp_path)})
     yield app
     dispose(app)
+
+
+@pytest.fixture
+def runner(app: Flask) -> FlaskCliRunner:
+    """Run the app's CLI commands, as in Flask's tutorial."""
+    return app.test_cli_runner()
 
 
 @pytest.fixture
