@@ -151,6 +151,7 @@ def check_nodes(app: Flask | None = None, *, timeout: float = 5.0) -> list[NodeS
 
     :param app: Defaults to the current application.
     :param timeout: Seconds to wait for each connection.
+    :raises RuntimeError: If ``app`` has no :class:`~flask_partition.PartitionDB`.
 
     .. versionadded:: 0.1.0
     """
@@ -327,7 +328,7 @@ def status_command(timeout: float, as_json: bool) -> None:
     and the age of the last transaction it replayed. Passwords are never
     shown. Exits with 1 when a node is unreachable.
     """
-    nodes = check_nodes(current_app._get_current_object(), timeout=timeout)  # type: ignore[attr-defined]
+    nodes = check_nodes(timeout=timeout)
     down = [node for node in nodes if not node.reachable]
     if as_json:
         click.echo(
@@ -387,7 +388,7 @@ def _targets(
     if default:
         keys.append(None)
     for name in binds:
-        if name not in router.clusters or name is None:
+        if name not in router.clusters:
             known = ", ".join(repr(k) for k in router.clusters if k is not None)
             raise click.BadParameter(
                 f"Bind {name!r} is not configured. Configured binds:"
@@ -408,7 +409,7 @@ def _targets(
     targets = [
         _Target(
             "the default cluster" if key is None else f"bind {key!r}",
-            metadatas.get(key) or sa.MetaData(),
+            metadatas[key],
             router.clusters[key].primary,
             bind=key,
         )
