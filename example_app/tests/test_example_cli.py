@@ -34,19 +34,25 @@ def test_seed_adds_customers_and_orders(runner: FlaskCliRunner, rows: Rows) -> N
     assert names[:6] == names[6:]
 
 
-def test_seed_reports_sold_out_orders(runner: FlaskCliRunner, rows: Rows) -> None:
+def test_seed_sells_what_is_in_stock(runner: FlaskCliRunner, rows: Rows) -> None:
     result = runner.invoke(args=["seed", "--customers", "60", "--orders", "3"])
     assert result.exit_code == 0
-    # 180 units in stock, 2 per order: at most 90 orders of 180 go through.
     placed = sum(
         rows(f"orders-{name}", "SELECT count(*) FROM 'order'")[0][0]
         for name in ("eu", "us")
     )
-    assert placed <= 90
-    assert result.output.splitlines()[-1] == (
-        f"{180 - placed} orders were skipped: out of stock."
+    # Orders take one of each of up to two products still in stock, until
+    # all 180 units are sold; the remaining orders are skipped.
+    sold = sum(
+        rows(f"orders-{name}", "SELECT sum(quantity) FROM order_line")[0][0]
+        for name in ("eu", "us")
     )
-    assert rows("shop", "SELECT min(stock) FROM product") == [(0,)]
+    assert sold == 180
+    assert 90 <= placed < 180
+    assert result.output.splitlines()[-1] == (
+        f"{180 - placed} orders were skipped: everything is sold out."
+    )
+    assert rows("shop", "SELECT max(stock) FROM product") == [(0,)]
 
 
 def test_seed_options_are_checked(runner: FlaskCliRunner) -> None:
