@@ -9,6 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from example_app import api
 from example_app import shop
 from example_app.models import AuditEvent
 from example_app.models import db
@@ -341,8 +342,10 @@ def test_region(
 
 
 def test_async_health(
-    client: FlaskClient, add_customer: AddCustomer, place_order: PlaceOrder
+    app: Flask, client: FlaskClient, add_customer: AddCustomer, place_order: PlaceOrder
 ) -> None:
+    assert api.ASYNC_VIEWS  # the test extra installs flask[async]
+    assert app.view_functions["api.health"] is api.health
     assert json_of(client.get("/api/health")) == {
         "status": "ok",
         "customers": 0,
@@ -350,11 +353,24 @@ def test_async_health(
         "audit_events": 0,
     }
     place_order(add_customer("Ada"))
+    with RoutingRecorder(db, app) as log:
+        body = json_of(client.get("/api/health"))
+    assert body == {"status": "ok", "customers": 1, "orders": 1, "audit_events": 2}
+    assert {s.role for s in log.statements} == {Role.REPLICA}
+    assert {s.cluster for s in log.statements} == {None, "audit", "eu", "us"}
+
+
+def test_health_without_flask_async(
+    app: Flask, client: FlaskClient, add_customer: AddCustomer
+) -> None:
+    """What ``pip install -e .`` alone serves: the same figures, sync."""
+    app.view_functions["api.health"] = api.sync_health
+    add_customer("Ada")
     assert json_of(client.get("/api/health")) == {
         "status": "ok",
         "customers": 1,
-        "orders": 1,
-        "audit_events": 2,
+        "orders": 0,
+        "audit_events": 1,
     }
 
 
