@@ -50,7 +50,8 @@ class ClusterConfig:
 @dataclasses.dataclass(frozen=True)
 class Topology:
     """Every cluster an application uses, keyed by bind name (``None`` is the
-    default cluster).
+    default cluster; it is missing only when Flask-SQLAlchemy's
+    ``SQLALCHEMY_BINDS`` are configured without ``SQLALCHEMY_DATABASE_URI``).
 
     .. versionadded:: 0.1.0
     """
@@ -84,14 +85,52 @@ def parse_config(
 ) -> Topology:
     """Read the ``PARTITION_*`` keys of ``config`` and validate them.
 
+    When none of the ``PARTITION_*`` database keys is set, Flask-SQLAlchemy's
+    ``SQLALCHEMY_DATABASE_URI``, ``SQLALCHEMY_BINDS``,
+    ``SQLALCHEMY_ENGINE_OPTIONS`` and ``SQLALCHEMY_ECHO`` are read instead
+    (see :doc:`/migrating`); setting keys of both families is an error.
+
     :param config: A Flask ``app.config`` or any mapping of the same keys.
     :param instance_path: The folder relative SQLite paths are resolved in.
         ``None`` leaves them relative to the working directory.
     :raises RuntimeError: When ``PARTITION_DATABASE_URI`` is not set.
     :raises TypeError: When a value has the wrong type; the key is named.
-    :raises ValueError: When a value is malformed; the key is named and any
-        password is masked.
+    :raises ValueError: When a value is malformed, or both families of keys
+        are set; the keys are named and any password is masked.
+
+    .. versionchanged:: 0.1.0
+        Falls back to the ``SQLALCHEMY_*`` keys.
     """
+    # compat builds on this module's helpers, so it is imported here.
+    from .compat import read_sqlalchemy_config
+
+    shards: dict[str, ClusterConfig] = {}
+    clusters = read_sqlalchemy_config(config, instance_path)
+    if clusters is None:
+        clusters, shards = _partition_clusters(config, instance_path)
+    policy = config.get("PARTITION_REPLICA_POLICY", "round_robin")
+    if policy not in REPLICA_POLICIES:
+        choices = ", ".join(repr(p) for p in REPLICA_POLICIES)
+        raise ValueError(
+            f"'PARTITION_REPLICA_POLICY' must be one of {choices}, got {policy!r}."
+        )
+    workers = config.get("PARTITION_SCATTER_WORKERS", max(8, 2 * len(shards)))
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(
+            f"'PARTITION_SCATTER_WORKERS' must be a positive integer, got {workers!r}."
+        )
+    return Topology(
+        clusters=types.MappingProxyType(clusters),
+        replica_policy=policy,
+        shards=types.MappingProxyType(shards),
+        scatter_workers=workers,
+    )
+
+
+def _partition_clusters(
+    config: t.Mapping[str, t.Any], instance_path: str | None
+) -> tuple[dict[str | None, ClusterConfig], dict[str, ClusterConfig]]:
+    """Read the clusters and shards of the ``PARTITION_*`` keys."""
     if config.get("PARTITION_DATABASE_URI") is None:
         raise RuntimeError(
             "'PARTITION_DATABASE_URI' is not set. Set it to the URI of the default"
@@ -126,23 +165,7 @@ def parse_config(
                 " Bind and shard names share one namespace of clusters; rename"
                 " one of them."
             )
-    policy = config.get("PARTITION_REPLICA_POLICY", "round_robin")
-    if policy not in REPLICA_POLICIES:
-        choices = ", ".join(repr(p) for p in REPLICA_POLICIES)
-        raise ValueError(
-            f"'PARTITION_REPLICA_POLICY' must be one of {choices}, got {policy!r}."
-        )
-    workers = config.get("PARTITION_SCATTER_WORKERS", max(8, 2 * len(shards)))
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(
-            f"'PARTITION_SCATTER_WORKERS' must be a positive integer, got {workers!r}."
-        )
-    return Topology(
-        clusters=types.MappingProxyType(clusters),
-        replica_policy=policy,
-        shards=types.MappingProxyType(shards),
-        scatter_workers=workers,
-    )
+    return clusters, shards
 
 
 def _family(
@@ -248,9 +271,8 @@ def _quote(key: str) -> str:
     """Quote a key for messages: 'PARTITION_REPLICAS[0]', but bind and shard
     keys read PARTITION_BINDS['auth']['replicas'] as written in Python.
     """
-    return (
-        key if key.startswith(("PARTITION_BINDS[", "PARTITION_SHARDS[")) else f"'{key}'"
-    )
+    nested = ("PARTITION_BINDS[", "PARTITION_SHARDS[", "SQLALCHEMY_BINDS[")
+    return key if key.startswith(nested) else f"'{key}'"
 
 
 def _options(value: object, key: str) -> dict[str, t.Any]:

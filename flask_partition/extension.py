@@ -17,6 +17,7 @@ from flask import Flask
 from flask import g
 from flask.globals import app_ctx
 
+from . import compat
 from .config import ClusterConfig
 from .config import mask_uri
 from .config import parse_config
@@ -59,17 +60,33 @@ def _app_ctx_id() -> int:
     return id(app_ctx._get_current_object())  # type: ignore[attr-defined]
 
 
-class PartitionDB:
+class PartitionDB(compat.SQLAlchemyCompat):
     """Flask extension giving each application context one SQLAlchemy
     session over every configured database.
+
+    It takes the arguments of Flask-SQLAlchemy's ``SQLAlchemy`` and offers
+    its API (see :doc:`/migrating`), so ``from flask_partition import
+    PartitionDB as SQLAlchemy`` is all an application needs to change.
 
     :param app: Call :meth:`init_app` on this application now.
     :param metadata: The default cluster's metadata, for naming conventions.
     :param session_options: Arguments for the :class:`PartitionSession`,
-        e.g. ``{"expire_on_commit": False}``.
+        e.g. ``{"expire_on_commit": False}``. A ``scopefunc`` key replaces
+        the application context as the scope of :attr:`session`.
     :param model_class: A declarative base of your own, subclassing
         :class:`~flask_partition.model.PartitionModel`; it becomes
-        :attr:`Model`. Its metadata is the default cluster's.
+        :attr:`Model`. Its metadata is the default cluster's. A
+        Flask-SQLAlchemy style ``model_class`` (a plain mixin class, or a
+        direct subclass of ``DeclarativeBase``) is accepted too; see
+        :func:`flask_partition.compat.model_base`.
+    :param query_class: The legacy query class of ``Model.query``,
+        ``db.session.query()`` and dynamic relationships; subclass
+        :class:`flask_partition.compat.Query`.
+    :param engine_options: Default :func:`~sqlalchemy.create_engine`
+        arguments of every engine, under those of the config.
+    :param add_models_to_shell: Add ``db`` and every model to ``flask shell``.
+    :param disable_autonaming: Do not derive ``__tablename__`` from class
+        names.
     :param shard_map: Maps shard key values to shard names: a
         :class:`~flask_partition.sharding.ShardMap` or a function
         ``key -> shard``. Default: a
@@ -93,16 +110,19 @@ class PartitionDB:
         *,
         metadata: sa.MetaData | None = None,
         session_options: dict[str, t.Any] | None = None,
-        model_class: type[sa_orm.DeclarativeBase] | None = None,
+        model_class: type[t.Any] | None = None,
+        query_class: type[compat.Query[t.Any]] = compat.Query,
+        engine_options: t.Mapping[str, t.Any] | None = None,
+        add_models_to_shell: bool = True,
+        disable_autonaming: bool = False,
         shard_map: ShardMap | t.Callable[[t.Any], str] | None = None,
         shard_chooser: t.Callable[..., t.Any] | None = None,
         identity_chooser: t.Callable[..., t.Iterable[t.Any]] | None = None,
         execute_chooser: t.Callable[..., t.Iterable[t.Any]] | None = None,
     ) -> None:
-        if model_class is not None:
-            metadata = model_class.metadata
-        elif metadata is None:
-            metadata = sa.MetaData()
+        self._init_compat(query_class)
+        model_class = compat.model_base(model_class, metadata)
+        metadata = model_class.metadata
         metadata.info["bind_key"] = None
         self._metadatas: dict[str | None, sa.MetaData] = {None: metadata}
         self._shard_metadata = sa.MetaData(info={"bind_key": None, "sharded": True})
@@ -113,14 +133,18 @@ class PartitionDB:
             "execute_chooser": execute_chooser,
         }
         self._shard_resolver: t.Callable[[], str | None] | None = None
+        self._engine_options = dict(engine_options or {})
+        self._add_models_to_shell = add_models_to_shell
         #: The declarative base for models: ``class User(db.Model): ...``.
         self.Model = make_model_base(self, metadata, model_class)
+        self.Model.__partition_autoname__ = not disable_autonaming
+        compat.install_query(self.Model, self.Query)
+        options = {"query_cls": self.Query, **(session_options or {})}
+        scopefunc = options.pop("scopefunc", _app_ctx_id)
         #: The session of the current application context.
         self.session: sa_orm.scoped_session[PartitionSession] = sa_orm.scoped_session(
-            sa_orm.sessionmaker(
-                class_=PartitionSession, db=self, **(session_options or {})
-            ),
-            scopefunc=_app_ctx_id,
+            sa_orm.sessionmaker(class_=PartitionSession, db=self, **options),
+            scopefunc=scopefunc,
         )
         if app is not None:
             self.init_app(app)
@@ -142,10 +166,13 @@ class PartitionDB:
                 f" ({app.name!r}). Use that instance; one app has one."
             )
         topology = parse_config(app.config, instance_path=app.instance_path)
+        topology = compat.with_engine_defaults(topology, self._engine_options)
         clusters = {
             name: self._make_cluster(cluster, topology.replica_policy)
             for name, cluster in topology.clusters.items()
         }
+        if None not in clusters:  # only SQLALCHEMY_BINDS are configured
+            clusters[None] = compat.no_default_cluster(topology.replica_policy)
         shards = {
             name: self._make_cluster(cluster, topology.replica_policy)
             for name, cluster in topology.shards.items()
@@ -162,6 +189,10 @@ class PartitionDB:
         app.extensions["partition.state"] = PartitionState(
             db=self, topology=topology, router=router
         )
+        # Where Flask-SQLAlchemy registers itself, for code that looks there.
+        app.extensions.setdefault("sqlalchemy", self)
+        if self._add_models_to_shell:
+            app.shell_context_processor(compat.shell_context(self, self.Model))
         app.before_request(self._resolve_shard)
         app.teardown_request(self._reset_shard)
         app.teardown_appcontext(self._teardown_session)
@@ -269,14 +300,22 @@ class PartitionDB:
     @property
     def engines(self) -> t.Mapping[str | None, sa.Engine]:
         """The current app's primary engines by bind key (``None`` default)."""
+        state = self.get_state()
         return {
             name: cluster.primary
-            for name, cluster in self.get_router().clusters.items()
+            for name, cluster in state.router.clusters.items()
+            if name in state.topology.clusters
         }
 
     @property
     def engine(self) -> sa.Engine:
-        """The current app's default primary engine."""
+        """The current app's default primary engine.
+
+        :raises sqlalchemy.exc.UnboundExecutionError: When only
+            ``SQLALCHEMY_BINDS`` are configured.
+        """
+        if None not in self.get_state().topology.clusters:
+            raise compat.no_default_error()
         return self.get_router().default.primary
 
     def create_all(
@@ -284,6 +323,7 @@ class PartitionDB:
         bind: str | None | t.Iterable[str | None] = _UNSET,
         *,
         shard: str | t.Iterable[str] = _UNSET,
+        bind_key: str | None | t.Iterable[str | None] = _UNSET,
     ) -> None:
         """Create missing tables on each cluster's primary, and the sharded
         tables on every shard's primary.
@@ -295,22 +335,41 @@ class PartitionDB:
             cluster, or :data:`~flask_partition.extension.ALL`.
         :param shard: A shard name, a list of them, or
             :data:`~flask_partition.extension.ALL`.
+        :param bind_key: Flask-SQLAlchemy's name for ``bind``.
         :raises UnknownClusterError: A model or ``bind`` names a bind the app
             did not configure; :class:`~flask_partition.errors.UnknownShardError`
             for an unknown ``shard``.
         """
-        self._call_for_clusters(bind, shard, "create_all")
+        self._call_for_clusters(_bind_arg(bind, bind_key), shard, "create_all")
 
     def drop_all(
         self,
         bind: str | None | t.Iterable[str | None] = _UNSET,
         *,
         shard: str | t.Iterable[str] = _UNSET,
+        bind_key: str | None | t.Iterable[str | None] = _UNSET,
     ) -> None:
         """Drop tables on each cluster's and shard's primary; see
         :meth:`create_all`.
         """
-        self._call_for_clusters(bind, shard, "drop_all")
+        self._call_for_clusters(_bind_arg(bind, bind_key), shard, "drop_all")
+
+    def reflect(
+        self,
+        bind: str | None | t.Iterable[str | None] = _UNSET,
+        *,
+        bind_key: str | None | t.Iterable[str | None] = _UNSET,
+    ) -> None:
+        """Load the tables of each cluster's primary into its metadata, or
+        of the clusters ``bind`` names (see :meth:`create_all`). Shards are
+        not reflected.
+
+        :param bind: A bind key, a list of them, ``None`` for the default
+            cluster, or :data:`~flask_partition.extension.ALL` (default).
+        :param bind_key: Flask-SQLAlchemy's name for ``bind``.
+        """
+        bind = _bind_arg(bind, bind_key)
+        self._call_for_clusters(ALL if bind is _UNSET else bind, _UNSET, "reflect")
 
     def _call_for_clusters(self, bind: t.Any, shard: t.Any, operation: str) -> None:
         if bind is _UNSET and shard is _UNSET:
@@ -342,7 +401,7 @@ class PartitionDB:
         if bind == ALL:
             # This app's clusters, and any bind key a model declared (so a
             # model whose key the app lacks is reported, not skipped).
-            keys: list[str | None] = list(router.clusters)
+            keys: list[str | None] = list(self.engines)
             keys += [
                 k for k, m in self._metadatas.items() if m.tables and k not in keys
             ]
@@ -357,14 +416,16 @@ class PartitionDB:
         ident: t.Any,
         *,
         description: str | None = None,
+        **kwargs: t.Any,
     ) -> _T:
         """Return the row with primary key ``ident``, or abort with 404.
 
         :param entity: The model class.
         :param ident: The primary key value.
         :param description: The 404 error's description.
+        :param kwargs: Passed to :meth:`~sqlalchemy.orm.Session.get`.
         """
-        value = self.session.get(entity, ident)
+        value = self.session.get(entity, ident, **kwargs)
         if value is None:
             abort(404, description=description)
         return value
@@ -414,7 +475,12 @@ class PartitionDB:
         """
         page, per_page = resolve_page_args(page, per_page, max_per_page, error_out)
         pagination = Pagination(
-            self.session(), select, page=page, per_page=per_page, count=count
+            self.session(),
+            select,
+            page=page,
+            per_page=per_page,
+            count=count,
+            max_per_page=max_per_page,
         )
         if error_out and page > 1 and not pagination.items:
             abort(404)
@@ -422,6 +488,15 @@ class PartitionDB:
 
     def __repr__(self) -> str:
         return f"<PartitionDB binds={sorted(k for k in self._metadatas if k)!r}>"
+
+
+def _bind_arg(bind: t.Any, bind_key: t.Any) -> t.Any:
+    """Accept Flask-SQLAlchemy's ``bind_key=`` for ``bind=``."""
+    if bind_key is _UNSET:
+        return bind
+    if bind is not _UNSET:
+        raise TypeError("Pass 'bind' or its alias 'bind_key', not both.")
+    return bind_key
 
 
 def _create_engine(
