@@ -97,7 +97,8 @@ def read_sqlalchemy_config(
         ``SQLALCHEMY_BINDS`` is set; ``None`` when no ``SQLALCHEMY_*``
         database key is set, so the ``PARTITION_*`` keys apply.
     :raises ValueError: When keys of both families are set.
-    :raises RuntimeError: When options are set but no database is.
+    :raises RuntimeError: When ``SQLALCHEMY_*`` keys are set but name no
+        database.
 
     .. versionadded:: 0.1.0
     """
@@ -135,9 +136,9 @@ def read_sqlalchemy_config(
         binds[None] = ("SQLALCHEMY_DATABASE_URI", uri, options)
     if not binds:
         raise RuntimeError(
-            f"{_quoted(legacy)} is set, but neither 'SQLALCHEMY_DATABASE_URI' nor"
-            " 'SQLALCHEMY_BINDS' is. Set 'SQLALCHEMY_DATABASE_URI' to the URI of"
-            " the default database, for example 'sqlite:///app.db'."
+            "No database is configured: 'SQLALCHEMY_DATABASE_URI' is not set and"
+            " 'SQLALCHEMY_BINDS' names no database. Set 'SQLALCHEMY_DATABASE_URI'"
+            " to the URI of the default database, for example 'sqlite:///app.db'."
         )
     clusters: dict[str | None, _config.ClusterConfig] = {}
     for name in sorted(binds, key=lambda name: name is not None):
@@ -363,11 +364,11 @@ class QueryPagination(Pagination):
     def _query_count(self) -> int:
         return self._query.order_by(None).count()
 
-    def _at_page(self, page: int) -> Pagination:
+    def _at_page(self, page: int, per_page: int) -> Pagination:
         return QueryPagination(
             self._query,
             page=page,
-            per_page=self.per_page,
+            per_page=per_page,
             count=False,
             max_per_page=self.max_per_page,
         )
@@ -414,15 +415,15 @@ def model_base(
     """Return the declarative base that becomes ``db.Model``.
 
     -   ``None``: a new base with :class:`FlaskModel`, using ``metadata``.
-        It accepts annotations that are not ``Mapped[]`` (as
-        Flask-SQLAlchemy's default model does).
     -   A base declared with :class:`~flask_partition.PartitionModel`: used
         as it is.
     -   A direct subclass of :class:`~sqlalchemy.orm.DeclarativeBase` or
         :class:`~sqlalchemy.orm.DeclarativeBaseNoMeta`: rebuilt from its
         body with :class:`~flask_partition.PartitionModel` and
         :class:`FlaskModel` added, as Flask-SQLAlchemy 3.1 does; its
-        ``metadata`` and ``type_annotation_map`` are kept.
+        ``metadata`` and ``type_annotation_map`` are kept (a
+        ``type_annotation_map`` gets a new registry, since SQLAlchemy
+        refuses one next to an existing ``registry``).
     -   Any other class: a mixin of every model, as Flask-SQLAlchemy's
         ``model_class``; ``metadata`` is used.
 
@@ -445,7 +446,6 @@ def model_base(
         mixins = () if model_class is None else (model_class,)
         namespace = {
             "metadata": metadata if metadata is not None else sa.MetaData(),
-            "__allow_unmapped__": True,
             "__module__": __name__,
         }
         return t.cast(
@@ -461,10 +461,12 @@ def model_base(
             f"'model_class' {model_class.__name__!r} must subclass 'DeclarativeBase'"
             " directly. Pass the base class itself, not a subclass of it."
         )
+    skip = {"__dict__", "__weakref__"}
+    if "type_annotation_map" in model_class.__dict__:
+        # SQLAlchemy made this registry from the map; let it make another.
+        skip |= {"registry", "_sa_registry"}
     body = {
-        name: value
-        for name, value in model_class.__dict__.items()
-        if name not in ("__dict__", "__weakref__")
+        name: value for name, value in model_class.__dict__.items() if name not in skip
     }
     return t.cast(
         "type[sa_orm.DeclarativeBase]",

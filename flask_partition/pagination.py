@@ -79,13 +79,13 @@ class Pagination:
         )
         return self._session.execute(counter).scalar_one()
 
-    def _at_page(self, page: int) -> Pagination:
+    def _at_page(self, page: int, per_page: int) -> Pagination:
         """Return the same query at another page, without counting."""
         return Pagination(
             self._session,
             self._select,
             page=page,
-            per_page=self.per_page,
+            per_page=per_page,
             count=False,
             max_per_page=self.max_per_page,
         )
@@ -138,21 +138,26 @@ class Pagination:
 
         :param error_out: Abort with 404 if that page is empty.
         """
-        return self._other(self.page - 1, error_out)
+        return self._other(self.page - 1, self.per_page, error_out)
 
     def next(self, *, error_out: bool = False) -> Pagination:
         """Return the next page.
 
         :param error_out: Abort with 404 if that page is empty.
         """
-        return self._other(self.page + 1, error_out)
+        per_page = self.per_page
+        if self.max_per_page is not None:
+            # As in Flask-SQLAlchemy, the next page (not the previous one)
+            # clamps again: a per_page reset to 20 may exceed the bound.
+            per_page = min(per_page, self.max_per_page)
+        return self._other(self.page + 1, per_page, error_out)
 
-    def _other(self, page: int, error_out: bool) -> Pagination:
+    def _other(self, page: int, per_page: int, error_out: bool) -> Pagination:
         if page < 1:
             if error_out:
                 abort(404)
             page = 1
-        other = self._at_page(page)
+        other = self._at_page(page, per_page)
         if error_out and not other.items and page != 1:
             abort(404)
         # The total does not depend on the page: reuse it, as
