@@ -26,7 +26,9 @@ from werkzeug.exceptions import NotFound
 
 from flask_partition import Pagination
 from flask_partition import PartitionDB
+from flask_partition import PartitionModel
 from flask_partition import UnknownClusterError
+from flask_partition.compat import FlaskModel
 from flask_partition.compat import Query
 from flask_partition.config import parse_config
 from partition_models import AppFactory
@@ -473,6 +475,53 @@ def test_model_class_plain_mixin() -> None:
     assert local.metadata is naming is Thing.metadata
     assert Thing.__table__.primary_key.name == "pk_thing"
     assert issubclass(local.Model, Methods)
+
+
+def test_model_class_subclassing_flask_sqlalchemys_model(
+    tmp_path: pathlib.Path,
+) -> None:
+    class Methods(flask_sqlalchemy.model.Model):
+        def hello(self) -> str:
+            return "hi"
+
+    local = PartitionDB(model_class=Methods)
+
+    class Thing(local.Model):  # type: ignore[name-defined,misc]
+        id = local.Column(local.Integer, primary_key=True)
+
+    app = _sqlalchemy_app(tmp_path, SQLALCHEMY_DATABASE_URI="sqlite://")
+    local.init_app(app)
+    with app.app_context():
+        local.create_all()
+        local.session.add(Thing(id=1))
+        local.session.commit()
+        # Flask-SQLAlchemy's query property would need its extension; ours
+        # replaces it, and its repr is kept.
+        assert isinstance(Thing.query, Query)
+        assert repr(Thing.query.one()) == "<Thing 1>"
+        assert Thing(id=2).hello() == "hi"
+
+
+class TypedBase(PartitionModel, FlaskModel, sa_orm.DeclarativeBase):
+    """A static base with Flask-SQLAlchemy's model API, for type checkers."""
+
+
+typed_db = PartitionDB(model_class=TypedBase)
+
+
+class Gadget(TypedBase):
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+def test_static_base_with_flask_model(tmp_path: pathlib.Path) -> None:
+    app = _sqlalchemy_app(tmp_path, SQLALCHEMY_DATABASE_URI="sqlite://")
+    typed_db.init_app(app)
+    with app.app_context():
+        typed_db.create_all()
+        typed_db.session.add(Gadget(id=4))
+        typed_db.session.commit()
+        gadget: Gadget = Gadget.query.filter_by(id=4).one_or_404()
+        assert (repr(gadget), Gadget.query.count()) == ("<Gadget 4>", 1)
 
 
 def test_model_class_declarative_base_as_in_flask_sqlalchemy_3_1() -> None:
