@@ -10,16 +10,19 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import contextvars
+import logging
 import threading
 import typing as t
 
 import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as sa_orm
 import sqlalchemy.sql.util as sa_sql_util
 from sqlalchemy.ext.horizontal_shard import set_shard_id
 from sqlalchemy.ext.horizontal_shard import ShardedQuery
 from sqlalchemy.ext.horizontal_shard import ShardedSession
 
+from .consistency import header_cluster_name
 from .errors import AmbiguousShardError
 from .errors import CrossClusterError
 from .errors import ReadOnlyError
@@ -28,7 +31,9 @@ from .errors import ShardKeyError
 from .errors import UnknownClusterError
 from .errors import UnknownShardError
 from .replicas import Cluster
+from .replicas import cluster_label
 from .routing import _plan
+from .routing import _routes
 from .routing import classify
 from .routing import Intent
 from .routing import Role
@@ -40,6 +45,7 @@ from .sharding import shard_key_of_mapper
 from .sharding import shard_key_of_table
 from .sharding import ShardKey
 from .sharding import ShardMap
+from .signals import routed
 
 if t.TYPE_CHECKING:
     from sqlalchemy.engine import Result
@@ -49,16 +55,10 @@ if t.TYPE_CHECKING:
 #: Execution option that allows an UPDATE or DELETE on every shard.
 ALL_SHARDS: t.Final = "all_shards"
 
+_log = logging.getLogger("flask_partition")
+_DEBUG = logging.DEBUG
+
 _MISSING: t.Any = object()
-
-
-def cluster_label(name: str | None, *, shard: bool = False) -> str:
-    """Name a cluster for messages: ``the default cluster``, ``bind 'x'`` or
-    ``shard 'eu'``.
-    """
-    if name is None:
-        return "the default cluster"
-    return f"shard {name!r}" if shard else f"bind {name!r}"
 
 
 def bind_key_of(table: sa.FromClause) -> str | None:
@@ -90,6 +90,7 @@ class Router:
     :param execute_chooser: Replaces the shards a statement without an
         explicit shard runs on: ``(orm_execute_state) -> [shards]``.
     :param scatter_workers: Threads that query shards at the same time.
+    :param sender: The sender of signals (the Flask app).
 
     .. versionadded:: 0.1.0
     """
@@ -104,6 +105,7 @@ class Router:
         identity_chooser: t.Callable[..., t.Iterable[t.Any]] | None = None,
         execute_chooser: t.Callable[..., t.Iterable[t.Any]] | None = None,
         scatter_workers: int = 8,
+        sender: object = None,
     ) -> None:
         self.clusters = dict(clusters)
         self.default = self.clusters[None]
@@ -126,7 +128,12 @@ class Router:
         self._by_mapper: dict[object, Cluster] = {}
         self._shard_keys: dict[object, ShardKey | None] = {}
         self._nodes: dict[sa.Engine, tuple[str | None, Role, int]] = {}
-        for cluster in [*self.clusters.values(), *self.shards.values()]:
+        self.sender = sender
+        #: Every cluster by name: binds, shards and the default (``None``).
+        self.by_name: dict[str | None, Cluster] = dict(self.clusters)
+        self.by_name.update(self.shards)
+        for cluster in self.by_name.values():
+            cluster.sender = sender
             self._nodes[cluster.primary] = (cluster.name, Role.PRIMARY, 0)
             for index, engine in enumerate(cluster.replicas):
                 self._nodes[engine] = (cluster.name, Role.REPLICA, index)
@@ -338,6 +345,14 @@ class PartitionSession(ShardedSession):
         #: Names of the clusters this session wrote to: read from primaries.
         self.written_clusters: set[str | None] = set()
         self._replica_of: dict[str | None, sa.Engine] = {}
+        # Reads handed to each cluster's chosen replica, and the replicas
+        # that failed in this session: see _reroute.
+        self._replica_reads: dict[str | None, int] = {}
+        self._failed: set[sa.Engine] = set()
+        # Clusters with consistency tokens written in the open transaction,
+        # and those whose writes committed (taken by the response).
+        self._pending_writes: set[str | None] = set()
+        self.committed_writes: set[str | None] = set()
         self._bulk_shard: str | None = None
         self._scatter_lock: threading.Lock | None = None
         self.shard_chooser = router.shard_chooser or self._choose_shard
@@ -421,9 +436,11 @@ class PartitionSession(ShardedSession):
         plan = _plan.get()
         intent = Intent.WRITE if self._flushing else classify(clause)
         if intent is Intent.READ:
-            if plan.role is Role.PRIMARY or cluster.name in self.written_clusters:
-                return cluster.primary
-            return self._replica(cluster)
+            if plan.role is Role.PRIMARY:
+                return self._routed(cluster, cluster.primary, "use_primary")
+            if cluster.name in self.written_clusters:
+                return self._routed(cluster, cluster.primary, "written by this session")
+            return self._replica(cluster, plan)
         if plan.read_only:
             if intent is Intent.WRITE:
                 raise ReadOnlyError(
@@ -434,19 +451,103 @@ class PartitionSession(ShardedSession):
                 )
             # Raw SQL under use_replica: the user accepted the replica; the
             # database itself refuses a write there.
-            return self._replica(cluster)
+            return self._replica(cluster, plan)
         self.written_clusters.add(cluster.name)
-        return cluster.primary
+        if cluster.token_mode is not None:
+            self._pending_writes.add(cluster.name)
+        return self._routed(
+            cluster, cluster.primary, "write" if intent is Intent.WRITE else "raw SQL"
+        )
 
     def _label(self, cluster: Cluster) -> str:
         return cluster_label(cluster.name, shard=cluster.name in self.router.shards)
 
-    def _replica(self, cluster: Cluster) -> sa.Engine:
-        try:
-            return self._replica_of[cluster.name]
-        except KeyError:
-            engine = self._replica_of[cluster.name] = cluster.choose_replica()
+    def _replica(self, cluster: Cluster, plan: t.Any) -> sa.Engine:
+        """The session's engine for reads of ``cluster``: one replica for
+        the whole session (monotonic reads), chosen on first use among the
+        healthy replicas that have replayed the client's token, else the
+        primary.
+        """
+        name = cluster.name
+        positions = plan.positions
+        position = positions.get(name) if positions else None
+        engine = self._replica_of.get(name)
+        if engine is not None:
+            index = cluster.index_of(engine)
+            if position is None or index is None or cluster.reached(index, position):
+                self._replica_reads[name] = self._replica_reads.get(name, 0) + 1
+                return self._routed(cluster, engine, "the session's choice")
+        engine, reason = cluster.choose(position, self._failed)
+        self._replica_of[name] = engine
+        self._replica_reads[name] = 1
+        return self._routed(cluster, engine, reason)
+
+    def _routed(self, cluster: Cluster, engine: sa.Engine, reason: str) -> sa.Engine:
+        """Report a routing decision to the log, the signal and the debug
+        header, for those that listen; return ``engine``.
+        """
+        routes = _routes.get()
+        if routes is None and not routed.receivers and not _log.isEnabledFor(_DEBUG):
             return engine
+        node = cluster.node(engine)
+        _log.debug("%s: %s (%s)", cluster.label, node, reason)
+        if routes is not None:
+            key = (header_cluster_name(cluster.name, shard=cluster.is_shard), node)
+            routes[key] = routes.get(key, 0) + 1
+        if routed.receivers:
+            routed.send(
+                self.router.sender,
+                cluster=cluster.name,
+                role=Role.REPLICA if node != "primary" else Role.PRIMARY,
+                node=node,
+                reason=reason,
+            )
+        return engine
+
+    # -- replica failures --------------------------------------------------
+
+    def _execute_internal(
+        self, statement: t.Any, params: t.Any = None, **kw: t.Any
+    ) -> t.Any:
+        # The one place every Session.execute/scalars/scalar, get(), lazy
+        # load and refresh passes. A read whose replica failed to connect or
+        # lost its connection is run again elsewhere; the statement raised
+        # before returning, so no row reached the caller. Writes go to
+        # primaries, whose errors carry no replica and are never retried.
+        if kw.get("_parent_execute_state") is not None:
+            return super()._execute_internal(statement, params, **kw)
+        while True:
+            try:
+                return super()._execute_internal(statement, params, **kw)
+            except sa_exc.DBAPIError as error:
+                failed = getattr(error, "_partition_replica", None)
+                if failed is None or not self._reroute(failed):
+                    raise
+
+    def _reroute(self, failed: sa.Engine) -> bool:
+        """Move the clusters whose chosen replica is ``failed`` elsewhere.
+
+        A cluster whose replica already answered this session goes to the
+        primary for the rest of the session: another replica may be behind
+        what was already seen. Otherwise the next healthy replica is chosen.
+
+        :return: Whether the statement may be run again.
+        """
+        if failed in self._failed:
+            return False
+        self._failed.add(failed)
+        moved = False
+        for name, engine in list(self._replica_of.items()):
+            if engine is not failed:
+                continue
+            cluster = self.router.by_name[name]
+            if self._replica_reads.get(name, 0) > 1:
+                self._replica_of[name] = cluster.primary
+                self._routed(cluster, cluster.primary, "the session's replica failed")
+            else:
+                del self._replica_of[name]
+            moved = True
+        return moved
 
     # -- the shard choosers (defaults; PartitionDB can replace them) --------
 
@@ -1048,3 +1149,17 @@ def _describe(clause: sa.ClauseElement | None) -> str:
     if isinstance(name, str) and name in ("insert", "update", "delete"):
         return name.upper()
     return f"{type(clause).__name__} statement"
+
+
+@sa.event.listens_for(PartitionSession, "after_commit")
+def _after_commit(session: PartitionSession) -> None:
+    if session._pending_writes:
+        session.committed_writes |= session._pending_writes
+
+
+@sa.event.listens_for(PartitionSession, "after_transaction_end")
+def _after_transaction_end(
+    session: PartitionSession, transaction: sa_orm.SessionTransaction
+) -> None:
+    if transaction.parent is None and session._pending_writes:
+        session._pending_writes.clear()

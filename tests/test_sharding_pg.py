@@ -550,6 +550,7 @@ def test_custom_choosers_replace_the_defaults(pg: PostgresTopology) -> None:
     assert pg.primary is not None
     app = Flask("choosers")
     app.config.update(
+        SECRET_KEY="test secret",
         PARTITION_DATABASE_URI=pg.primary.url("app"),
         PARTITION_SHARDS={name: s.config("app") for name, s in pg.shards.items()},
     )
