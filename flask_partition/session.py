@@ -524,6 +524,51 @@ class PartitionSession(ShardedSession):
                 if failed is None or not self._reroute(failed):
                     raise
 
+    def commit(self) -> None:
+        """Flush and commit, as :meth:`sqlalchemy.orm.Session.commit`.
+
+        The transactions on replicas are ended first, quietly: they only
+        read, and a replica that died since must not fail the commit of the
+        primaries.
+        """
+        self._release_replicas()
+        super().commit()
+
+    def rollback(self) -> None:
+        """Roll back, as :meth:`sqlalchemy.orm.Session.rollback`; a replica
+        that died since it was read does not make it fail.
+        """
+        self._release_replicas()
+        super().rollback()
+
+    def _close_impl(self, invalidate: bool, is_reset: bool = False) -> None:
+        # close(), reset() and invalidate() all pass here; the scoped
+        # session's remove() at teardown too.
+        self._release_replicas()
+        super()._close_impl(invalidate, is_reset)
+
+    def _release_replicas(self) -> None:
+        transaction = self._transaction
+        if transaction is None:
+            return
+        nodes = self.router._nodes
+        for level in transaction._iterate_self_and_parents():
+            connections = level._connections
+            for key, entry in list(connections.items()):
+                node = nodes.get(key) if isinstance(key, sa.Engine) else None
+                if node is None or node[1] is not Role.REPLICA:
+                    continue
+                connection = entry[0]
+                connections.pop(key, None)
+                connections.pop(connection, None)
+                try:
+                    connection.close()
+                except sa_exc.DBAPIError:
+                    # Its handle_error already marked the replica down; the
+                    # pool discards the broken connection.
+                    with contextlib.suppress(Exception):
+                        connection.invalidate()
+
     def _reroute(self, failed: sa.Engine) -> bool:
         """Move the clusters whose chosen replica is ``failed`` elsewhere.
 
