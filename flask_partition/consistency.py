@@ -114,7 +114,7 @@ class TokenCodec:
         except (BadData, ValueError, TypeError):
             return None
         parsed = _parse(payload)
-        if parsed is None:
+        if parsed is None or now - issued.timestamp() > self.max_age:
             return None
         if len(self._cache) >= _CACHE_SIZE:
             self._cache.clear()
