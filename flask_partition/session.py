@@ -345,9 +345,9 @@ class PartitionSession(ShardedSession):
         #: Names of the clusters this session wrote to: read from primaries.
         self.written_clusters: set[str | None] = set()
         self._replica_of: dict[str | None, sa.Engine] = {}
-        # Reads handed to each cluster's chosen replica, and the replicas
-        # that failed in this session: see _reroute.
-        self._replica_reads: dict[str | None, int] = {}
+        # Clusters whose chosen replica was used more than once, and the
+        # replicas that failed in this session: see _reroute.
+        self._reused: set[str | None] = set()
         self._failed: set[sa.Engine] = set()
         # Clusters with consistency tokens written in the open transaction,
         # and those whose writes committed (taken by the response).
@@ -469,17 +469,17 @@ class PartitionSession(ShardedSession):
         primary.
         """
         name = cluster.name
+        engine = self._replica_of.get(name)
         positions = plan.positions
         position = positions.get(name) if positions else None
-        engine = self._replica_of.get(name)
         if engine is not None:
-            index = cluster.index_of(engine)
-            if position is None or index is None or cluster.reached(index, position):
-                self._replica_reads[name] = self._replica_reads.get(name, 0) + 1
+            index = None if position is None else cluster.index_of(engine)
+            if index is None or cluster.reached(index, position):  # type: ignore[arg-type]
+                self._reused.add(name)
                 return self._routed(cluster, engine, "the session's choice")
         engine, reason = cluster.choose(position, self._failed)
         self._replica_of[name] = engine
-        self._replica_reads[name] = 1
+        self._reused.discard(name)
         return self._routed(cluster, engine, reason)
 
     def _routed(self, cluster: Cluster, engine: sa.Engine, reason: str) -> sa.Engine:
@@ -586,7 +586,7 @@ class PartitionSession(ShardedSession):
             if engine is not failed:
                 continue
             cluster = self.router.by_name[name]
-            if self._replica_reads.get(name, 0) > 1:
+            if name in self._reused:
                 self._replica_of[name] = cluster.primary
                 self._routed(cluster, cluster.primary, "the session's replica failed")
             else:
