@@ -170,10 +170,21 @@ def test_bad_tokens_are_ignored(
     assert response.status_code == 200 and "replica" in _route(response)
 
 
+def _with_password(url: str) -> str:
+    # Trust authentication ignores it; it is there to prove it never shows.
+    return sa.make_url(url).set(password="s3cr3t-pw").render_as_string(False)
+
+
 def test_replica_killed_under_load_fails_no_request(
-    pg: PostgresTopology, shop: t.Callable[..., Flask]
+    pg: PostgresTopology,
+    shop: t.Callable[..., Flask],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    app = shop(PARTITION_REPLICA_COOLDOWN=0.3)
+    app = shop(
+        PARTITION_REPLICA_COOLDOWN=0.3,
+        PARTITION_REPLICAS=[_with_password(r.url("app")) for r in pg.replicas],
+    )
+    caplog.set_level(logging.DEBUG, logger="flask_partition")
     assert app.test_client().post("/authors/fay").status_code == 200
     pg.wait_for_replay()
     events: list[tuple[int, str]] = []
@@ -212,6 +223,11 @@ def test_replica_killed_under_load_fails_no_request(
         }
         assert "default/replica[0] x1" in routes
         assert events[-1] == (0, "up")
+    assert "replica[0] of the default cluster (postgresql+psycopg://postgres:***@" in (
+        caplog.text
+    )
+    assert "is reachable again" in caplog.text
+    assert "s3cr3t-pw" not in caplog.text
 
 
 def test_all_replicas_down_reads_use_the_primary(
@@ -248,8 +264,7 @@ def test_primary_down_fails_writes_clearly_and_replicas_still_read(
 ) -> None:
     assert pg.primary is not None
     primary = pg.primary
-    url = sa.make_url(primary.url("app")).set(password="s3cr3t-pw")
-    app = shop(PARTITION_DATABASE_URI=url.render_as_string(hide_password=False))
+    app = shop(PARTITION_DATABASE_URI=_with_password(primary.url("app")))
     assert app.test_client().post("/authors/hal").status_code == 200
     pg.wait_for_replay()
     caplog.set_level(logging.DEBUG, logger="flask_partition")
