@@ -524,16 +524,6 @@ class PartitionSession(ShardedSession):
                 if failed is None or not self._reroute(failed):
                     raise
 
-    def commit(self) -> None:
-        """Flush and commit, as :meth:`sqlalchemy.orm.Session.commit`.
-
-        The transactions on replicas are ended first, quietly: they only
-        read, and a replica that died since must not fail the commit of the
-        primaries.
-        """
-        self._release_replicas()
-        super().commit()
-
     def rollback(self) -> None:
         """Roll back, as :meth:`sqlalchemy.orm.Session.rollback`; a replica
         that died since it was read does not make it fail.
@@ -541,13 +531,18 @@ class PartitionSession(ShardedSession):
         self._release_replicas()
         super().rollback()
 
-    def _close_impl(self, invalidate: bool, is_reset: bool = False) -> None:
+    def _close_impl(self, *args: t.Any, **kw: t.Any) -> None:
         # close(), reset() and invalidate() all pass here; the scoped
         # session's remove() at teardown too.
         self._release_replicas()
-        super()._close_impl(invalidate, is_reset)
+        super()._close_impl(*args, **kw)
 
     def _release_replicas(self) -> None:
+        """End the session's transactions on replicas, quietly: they only
+        read, and a replica that died since it was read must not fail the
+        commit, rollback or close of the session. Runs before every commit
+        (see ``_before_commit``), rollback and close.
+        """
         transaction = self._transaction
         if transaction is None:
             return
@@ -1194,6 +1189,15 @@ def _describe(clause: sa.ClauseElement | None) -> str:
     if isinstance(name, str) and name in ("insert", "update", "delete"):
         return name.upper()
     return f"{type(clause).__name__} statement"
+
+
+@sa.event.listens_for(PartitionSession, "before_commit")
+def _before_commit(session: PartitionSession) -> None:
+    # Also reached by "with session.begin():", which commits the
+    # SessionTransaction without calling Session.commit().
+    transaction = session._transaction
+    if transaction is not None and transaction._parent is None:
+        session._release_replicas()
 
 
 @sa.event.listens_for(PartitionSession, "after_commit")

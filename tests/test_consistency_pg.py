@@ -21,6 +21,7 @@ from flask import Flask
 
 from flask_partition import PrimaryUnavailableError
 from flask_partition import TOKEN_HEADER
+from flask_partition import use_primary
 from flask_partition.signals import replica_state_changed
 from flask_partition.testing import PostgresTopology
 from partition_models import AppFactory
@@ -315,3 +316,35 @@ def test_lag_limit_skips_a_delayed_replica(
         slow.query("ALTER SYSTEM RESET recovery_min_apply_delay")
         slow.query("SELECT pg_reload_conf()")
         pg.wait_for_replay()
+
+
+def test_replica_dying_after_a_read_fails_neither_commit_nor_later_reads(
+    pg: PostgresTopology, shop: t.Callable[..., Flask]
+) -> None:
+    app = shop(PARTITION_REPLICAS=[pg.replicas[0].url("app")])
+    assert app.test_client().post("/authors/lou").status_code == 200
+    pg.wait_for_replay()
+    select_names = sa.select(Author.name).order_by(Author.name)
+    with app.app_context():
+        assert db.session.scalars(select_names).all() == ["lou"]
+        pg.stop_node(pg.replicas[0])
+        try:
+            # The replica already answered this session: its next read goes
+            # to the primary, never to a replica that may be further behind.
+            assert db.session.scalars(select_names).all() == ["lou"]
+            with db.session.begin_nested():
+                db.session.add(Author(name="max"))
+            db.session.commit()  # the dead replica's transaction does not fail it
+        finally:
+            pg.start_node(pg.replicas[0])
+            pg.wait_for_replay()
+    with app.app_context():
+        with db.session.begin():
+            assert db.session.scalars(select_names).all() == ["lou", "max"]
+            pg.stop_node(pg.replicas[0])
+            db.session.add(Author(name="ned"))
+        # "with begin()" commits without Session.commit(): same guarantee.
+    pg.start_node(pg.replicas[0])
+    pg.wait_for_replay()
+    with app.app_context(), use_primary():
+        assert db.session.scalars(select_names).all() == ["lou", "max", "ned"]
