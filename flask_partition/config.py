@@ -54,8 +54,8 @@ class ClusterConfig:
 class ReplicaSettings:
     """How replicas are watched: health, replay positions and lag.
 
-    :param cooldown: Seconds a replica that failed to connect is skipped
-        (``PARTITION_REPLICA_COOLDOWN``).
+    :param cooldown: Seconds a replica that failed to connect, or whose
+        connection broke, is skipped (``PARTITION_REPLICA_COOLDOWN``).
     :param check_interval: Seconds a replica's replay position and lag are
         trusted before they are read again (``PARTITION_REPLICA_CHECK_INTERVAL``).
     :param max_lag: Replicas further behind than this many seconds get no
@@ -225,11 +225,27 @@ def _seconds(
     return float(value)
 
 
+def _secret(value: object, key: str) -> str | bytes:
+    if not isinstance(value, (str, bytes)):
+        raise TypeError(
+            f"'{key}' must be a string or bytes to sign consistency tokens, got a"
+            f" {type(value).__name__}."
+        )
+    if not value:
+        raise ValueError(f"'{key}' is empty; consistency tokens need a secret.")
+    return value
+
+
 def _replica_settings(config: t.Mapping[str, t.Any]) -> ReplicaSettings:
     max_bytes = config.get("PARTITION_REPLICA_MAX_LAG_BYTES")
     if max_bytes is not None and (
-        isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0
+        isinstance(max_bytes, bool) or not isinstance(max_bytes, int)
     ):
+        raise TypeError(
+            "'PARTITION_REPLICA_MAX_LAG_BYTES' must be a number of bytes,"
+            f" got {max_bytes!r}."
+        )
+    if max_bytes is not None and max_bytes < 0:
         raise ValueError(
             "'PARTITION_REPLICA_MAX_LAG_BYTES' must be a number of bytes >= 0,"
             f" got {max_bytes!r}."
@@ -253,32 +269,38 @@ def _consistency(config: t.Mapping[str, t.Any]) -> ConsistencySettings:
         )
     window = t.cast(float, _seconds(config, "PARTITION_CONSISTENCY_WINDOW", 2.0))
     max_age = t.cast(float, _seconds(config, "PARTITION_TOKEN_MAX_AGE", 300.0))
-    if max_age <= 0:
+    if max_age < 1:
+        # The cookie's Max-Age is whole seconds: below 1 it is deleted at once.
         raise ValueError(
-            f"'PARTITION_TOKEN_MAX_AGE' must be more than 0 seconds, got {max_age!r}."
+            f"'PARTITION_TOKEN_MAX_AGE' must be at least 1 second, got {max_age!r}."
         )
     cookie = config.get("PARTITION_TOKEN_COOKIE", "partition")
-    if cookie is not None and (
-        not isinstance(cookie, str) or not _COOKIE_NAME.match(cookie)
-    ):
+    if cookie is not None and not isinstance(cookie, str):
+        raise TypeError(
+            f"'PARTITION_TOKEN_COOKIE' must be a cookie name or None, got {cookie!r}."
+        )
+    if cookie is not None and not _COOKIE_NAME.match(cookie):
         raise ValueError(
             "'PARTITION_TOKEN_COOKIE' must be a cookie name (letters, digits and"
             f" !#$%&'*+.^_`|~-) or None for the header only, got {cookie!r}."
         )
+    keys: list[t.Any] = []
     secret = config.get("PARTITION_TOKEN_SECRET")
-    keys: list[t.Any]
-    if secret is not None:
-        keys, key_name = [secret], "PARTITION_TOKEN_SECRET"
+    if mode == "off":
+        pass  # no tokens: the keys are Flask's business
+    elif secret is not None:
+        keys = [_secret(secret, "PARTITION_TOKEN_SECRET")]
     else:
-        keys = [*(config.get("SECRET_KEY_FALLBACKS") or ()), config.get("SECRET_KEY")]
-        key_name = "SECRET_KEY"
-        keys = [k for k in keys if k]
-    for key in keys:
-        if not isinstance(key, (str, bytes)) or not key:
+        fallbacks = config.get("SECRET_KEY_FALLBACKS") or []
+        if not isinstance(fallbacks, (list, tuple)):
+            # A lone string would be split into one-letter keys.
             raise TypeError(
-                f"'{key_name}' must be a non-empty string or bytes to sign"
-                f" consistency tokens, got a {type(key).__name__}."
+                "'SECRET_KEY_FALLBACKS' must be a list of old secret keys, got a"
+                f" {type(fallbacks).__name__}."
             )
+        keys = [_secret(k, "SECRET_KEY_FALLBACKS") for k in fallbacks]
+        if config.get("SECRET_KEY") is not None:
+            keys.append(_secret(config["SECRET_KEY"], "SECRET_KEY"))
     return ConsistencySettings(
         mode=mode,
         window=window,

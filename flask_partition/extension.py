@@ -144,10 +144,13 @@ class PartitionDB:
 
         :param app: The Flask application.
         :raises RuntimeError: If a ``PartitionDB`` is already registered on
-            ``app``, or ``PARTITION_DATABASE_URI`` is missing.
+            ``app``, ``PARTITION_DATABASE_URI`` is missing, or consistency
+            tokens are on for a cluster with replicas and neither
+            ``SECRET_KEY`` nor ``PARTITION_TOKEN_SECRET`` is set.
         :raises TypeError: A config value has the wrong type (key named).
         :raises ValueError: A config value is malformed (key named, password
-            masked).
+            masked); ``PARTITION_CONSISTENCY="lsn"`` or a replica lag limit
+            on a database other than PostgreSQL.
         """
         if "partition" in app.extensions:
             raise RuntimeError(
@@ -251,11 +254,14 @@ class PartitionDB:
         # Names come from the client (signed by us, but perhaps under an
         # older config): keep only clusters that still take tokens.
         by_name = state.router.by_name
-        return {
+        known = {
             name: position
             for name, position in positions.items()
             if name in by_name and by_name[name].token_mode is not None
         }
+        if len(known) < len(positions):
+            g._partition_token_outdated = True
+        return known
 
     def _after_request(self, response: Response) -> Response:
         """Give the client a token for the clusters this request committed
@@ -294,7 +300,7 @@ class PartitionDB:
         for name, position in list(positions.items()):
             if state.router.by_name[name].caught_up(position):
                 del positions[name]
-        if positions == before:
+        if positions == before and not g.get("_partition_token_outdated"):
             return
         consistency = state.topology.consistency
         if positions:

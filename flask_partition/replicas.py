@@ -314,7 +314,8 @@ class Cluster:
         original = context.original_exception
         message = (
             f"The primary of {self.label} ({mask_uri(self.primary.url)}) is"
-            f" unreachable: {_safe_message(original, self.primary)} Writes to"
+            f" unreachable: {_safe_message(original, self.primary).rstrip('.')}."
+            " Writes to"
             " it fail until it is back; reads that may use replicas keep"
             " working. The transaction was not committed (unless the"
             " connection broke during COMMIT itself)."

@@ -308,7 +308,11 @@ class PartitionSession(ShardedSession):
     Writes go to the cluster's primary. Reads go to one replica per cluster
     for the whole session (monotonic reads), except on a cluster the session
     has written to, which is read from its primary until the session is
-    removed, so a session never reads older data than it wrote.
+    removed, so a session never reads older data than it wrote. A request
+    that brings a consistency token reads a cluster only from replicas that
+    have replayed it (see :doc:`/consistency`). A replica that fails is
+    skipped and the read retried on the next one, then on the primary (see
+    :doc:`/replicas`).
 
     With ``PARTITION_SHARDS`` configured, rows of sharded models go to the
     shard of their key; reads without a shard run on every shard at once
@@ -449,9 +453,7 @@ class PartitionSession(ShardedSession):
                     " it only allows reads. Nothing was sent to the database."
                     " Move the write out of the block or use 'use_primary'."
                 )
-            # Raw SQL under use_replica: the user accepted the replica; the
-            # database itself refuses a write there.
-            return self._replica(cluster, plan)
+            return self._raw_on_replica(cluster)
         self.written_clusters.add(cluster.name)
         if cluster.token_mode is not None:
             self._pending_writes.add(cluster.name)
@@ -481,6 +483,29 @@ class PartitionSession(ShardedSession):
         self._replica_of[name] = engine
         self._reused.discard(name)
         return self._routed(cluster, engine, reason)
+
+    def _raw_on_replica(self, cluster: Cluster) -> sa.Engine:
+        """Raw SQL under use_replica: the user accepted a replica, whose
+        database refuses writes itself. The client's token is not applied
+        (it could send the SQL to the primary); with no usable replica the
+        SQL is refused, since it may write and a primary would accept it.
+        """
+        if not cluster.replicas:
+            # Documented: a cluster without replicas has only its primary.
+            return self._routed(cluster, cluster.primary, "no replicas")
+        engine = self._replica_of.get(cluster.name)
+        reason = "raw SQL under use_replica"
+        if engine is None or engine is cluster.primary:
+            engine, reason = cluster.choose(None, self._failed)
+        if engine is cluster.primary:
+            plan = _plan.get()
+            raise ReadOnlyError(
+                f"Cannot run raw SQL on {self._label(cluster)} inside"
+                f" {plan.pinned_by!r}: {reason}, and the"
+                " primary would accept a write. Nothing was sent to the"
+                " database. Use select() constructs, or run it outside the block."
+            )
+        return self._routed(cluster, engine, "raw SQL under use_replica")
 
     def _routed(self, cluster: Cluster, engine: sa.Engine, reason: str) -> sa.Engine:
         """Report a routing decision to the log, the signal and the debug

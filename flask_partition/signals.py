@@ -18,7 +18,8 @@ from blinker import Namespace
 _signals = Namespace()
 
 #: Sent for each routing decision of a :class:`~flask_partition.PartitionSession`
-#: (each statement and each flush), with keyword arguments ``cluster`` (bind or
+#: (each statement, each connection a flush asks for, and each retry of a
+#: read whose replica failed), with keyword arguments ``cluster`` (bind or
 #: shard name, ``None`` for the default cluster), ``role``
 #: (:class:`~flask_partition.routing.Role`), ``node`` (``"primary"`` or
 #: ``"replica[1]"``) and ``reason`` (text).

@@ -13,14 +13,17 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
+from flask_partition import ReadOnlyError
 from flask_partition import ROUTE_HEADER
 from flask_partition import routed
 from flask_partition import TOKEN_HEADER
+from flask_partition import use_replica
 from flask_partition.config import ConsistencySettings
 from flask_partition.config import parse_config
 from flask_partition.consistency import TokenCodec
 from flask_partition.replicas import parse_lsn
 from flask_partition.routing import Role
+from flask_partition.testing import RoutingRecorder
 from partition_models import AppFactory
 from partition_models import Author
 from partition_models import db
@@ -52,8 +55,20 @@ def test_config_errors_name_the_key() -> None:
     assert _error(ValueError, PARTITION_REPLICA_MAX_LAG_BYTES=-5) == (
         "'PARTITION_REPLICA_MAX_LAG_BYTES' must be a number of bytes >= 0, got -5."
     )
-    assert _error(ValueError, PARTITION_TOKEN_MAX_AGE=0) == (
-        "'PARTITION_TOKEN_MAX_AGE' must be more than 0 seconds, got 0.0."
+    assert _error(ValueError, PARTITION_TOKEN_MAX_AGE=0.5) == (
+        "'PARTITION_TOKEN_MAX_AGE' must be at least 1 second, got 0.5."
+    )
+    assert _error(TypeError, PARTITION_REPLICA_MAX_LAG_BYTES="1MB") == (
+        "'PARTITION_REPLICA_MAX_LAG_BYTES' must be a number of bytes, got '1MB'."
+    )
+    assert _error(TypeError, PARTITION_TOKEN_COOKIE=1) == (
+        "'PARTITION_TOKEN_COOKIE' must be a cookie name or None, got 1."
+    )
+    assert _error(TypeError, SECRET_KEY="new", SECRET_KEY_FALLBACKS="old") == (
+        "'SECRET_KEY_FALLBACKS' must be a list of old secret keys, got a str."
+    )
+    assert _error(ValueError, PARTITION_TOKEN_SECRET="") == (
+        "'PARTITION_TOKEN_SECRET' is empty; consistency tokens need a secret."
     )
     assert _error(ValueError, PARTITION_TOKEN_COOKIE="my token") == (
         "'PARTITION_TOKEN_COOKIE' must be a cookie name (letters, digits and"
@@ -63,9 +78,10 @@ def test_config_errors_name_the_key() -> None:
         "'PARTITION_DEBUG_HEADER' must be True or False, got 'yes'."
     )
     assert _error(TypeError, SECRET_KEY=12345) == (
-        "'SECRET_KEY' must be a non-empty string or bytes to sign consistency"
-        " tokens, got a int."
+        "'SECRET_KEY' must be a string or bytes to sign consistency tokens, got a int."
     )
+    # With tokens off, the keys are left to Flask.
+    parse_config({**BASE, "SECRET_KEY": 12345, "PARTITION_CONSISTENCY": "off"})
 
 
 def test_defaults_and_the_secret_never_shows() -> None:
@@ -272,3 +288,57 @@ def test_routing_decisions_are_logged_and_signalled(
         "the default cluster: primary (written by this session)",
         "the default cluster: replica[0] (replica)",
     ]
+
+
+def test_token_of_clusters_no_longer_configured_is_cleared(
+    make_app: AppFactory,
+) -> None:
+    app = _views(make_app(PARTITION_CONSISTENCY="time", SECRET_KEY="s"))
+    codec = db.get_state(app).tokens
+    assert codec is not None
+    token = codec.dumps({"gone": time.time()})
+    client = app.test_client()
+    client.set_cookie("partition", token)
+    response = client.get("/authors")
+    assert response.status_code == 200
+    assert response.headers[TOKEN_HEADER] == ""
+    assert client.get_cookie("partition") is None
+
+
+def test_raw_sql_under_use_replica_never_reaches_a_primary(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(
+        PARTITION_CONSISTENCY="time", PARTITION_CONSISTENCY_WINDOW=60.0, SECRET_KEY="s"
+    )
+
+    @app.get("/raw")
+    @use_replica
+    def raw() -> dict[str, int]:
+        return {
+            "count": db.session.execute(
+                sa.text("SELECT count(*) FROM author")
+            ).scalar_one()
+        }
+
+    codec = db.get_state(app).tokens
+    assert codec is not None
+    token = codec.dumps({None: time.time()})
+    # The token would send reads to the primary; raw SQL under use_replica
+    # ignores it and stays on the replica the user accepted.
+    client = app.test_client(use_cookies=False)
+    with RoutingRecorder(db, app) as log:
+        assert client.get("/raw", headers={TOKEN_HEADER: token}).json == {"count": 0}
+    assert log.roles() == [Role.REPLICA]
+    # With no usable replica, it is refused instead of sent to the primary.
+    with app.app_context():
+        cluster = db.get_router().default
+        cluster.mark_down(0, "test")
+        with use_replica(), pytest.raises(ReadOnlyError) as info:
+            db.session.execute(sa.text("DELETE FROM author"))
+    assert str(info.value) == (
+        "Cannot run raw SQL on the default cluster inside 'use_replica': no"
+        " usable replica (replica[0] down), and the primary would accept a"
+        " write. Nothing was sent to the database. Use"
+        " select() constructs, or run it outside the block."
+    )
