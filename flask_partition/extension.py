@@ -5,7 +5,9 @@ session, schema helpers and the Flask-SQLAlchemy-style helpers.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import time
 import typing as t
 
 import sqlalchemy as sa
@@ -15,6 +17,8 @@ from flask import abort
 from flask import current_app
 from flask import Flask
 from flask import g
+from flask import request
+from flask import Response
 from flask.globals import app_ctx
 
 from . import compat
@@ -23,18 +27,25 @@ from .config import mask_uri
 from .config import parse_config
 from .config import sqlite_file
 from .config import Topology
+from .consistency import describe_routes
+from .consistency import ROUTE_HEADER
+from .consistency import TOKEN_HEADER
+from .consistency import token_modes
+from .consistency import TokenCodec
 from .model import make_model_base
 from .pagination import Pagination
 from .pagination import resolve_page_args
 from .replicas import Cluster
+from .replicas import cluster_label
 from .replicas import make_policy
 from .routing import _plan
-from .session import cluster_label
+from .routing import _routes
 from .session import PartitionSession
 from .session import Router
 from .sharding import ShardMap
 
 _T = t.TypeVar("_T")
+_log = logging.getLogger("flask_partition")
 
 #: Pass as ``bind=`` to :meth:`~flask_partition.PartitionDB.create_all`
 #: for every cluster.
@@ -53,6 +64,8 @@ class PartitionState:
     db: PartitionDB
     topology: Topology
     router: Router
+    #: Signs and reads consistency tokens; ``None`` when no cluster uses them.
+    tokens: TokenCodec | None = None
 
 
 def _app_ctx_id() -> int:
@@ -155,10 +168,13 @@ class PartitionDB(compat.SQLAlchemyCompat):
 
         :param app: The Flask application.
         :raises RuntimeError: If a ``PartitionDB`` is already registered on
-            ``app``, or ``PARTITION_DATABASE_URI`` is missing.
+            ``app``, ``PARTITION_DATABASE_URI`` is missing, or consistency
+            tokens are on for a cluster with replicas and neither
+            ``SECRET_KEY`` nor ``PARTITION_TOKEN_SECRET`` is set.
         :raises TypeError: A config value has the wrong type (key named).
         :raises ValueError: A config value is malformed (key named, password
-            masked).
+            masked); ``PARTITION_CONSISTENCY="lsn"`` or a replica lag limit
+            on a database other than PostgreSQL.
         """
         if "partition" in app.extensions:
             raise RuntimeError(
@@ -167,14 +183,23 @@ class PartitionDB(compat.SQLAlchemyCompat):
             )
         topology = parse_config(app.config, instance_path=app.instance_path)
         topology = compat.with_engine_defaults(topology, self._engine_options)
+        modes = token_modes(topology)
+        _check_replica_settings(topology)
+        if modes and not topology.consistency.secret_keys:
+            raise RuntimeError(
+                "Consistency tokens must be signed, but neither 'SECRET_KEY' nor"
+                " 'PARTITION_TOKEN_SECRET' is set. Set one of them, or set"
+                " 'PARTITION_CONSISTENCY' to 'off' to give up read-your-writes"
+                " across requests."
+            )
         clusters = {
-            name: self._make_cluster(cluster, topology.replica_policy)
+            name: self._make_cluster(cluster, topology, modes.get(name))
             for name, cluster in topology.clusters.items()
         }
         if None not in clusters:  # only SQLALCHEMY_BINDS are configured
             clusters[None] = compat.no_default_cluster(topology.replica_policy)
         shards = {
-            name: self._make_cluster(cluster, topology.replica_policy)
+            name: self._make_cluster(cluster, topology, modes.get(name))
             for name, cluster in topology.shards.items()
         }
         for name in topology.clusters:
@@ -183,18 +208,23 @@ class PartitionDB(compat.SQLAlchemyCompat):
             clusters,
             shards,
             scatter_workers=topology.scatter_workers,
+            sender=app,
             **self._shard_options,
         )
         app.extensions["partition"] = self
         app.extensions["partition.state"] = PartitionState(
-            db=self, topology=topology, router=router
+            db=self,
+            topology=topology,
+            router=router,
+            tokens=TokenCodec(topology.consistency) if modes else None,
         )
         # Where Flask-SQLAlchemy registers itself, for code that looks there.
         app.extensions.setdefault("sqlalchemy", self)
         if self._add_models_to_shell:
             app.shell_context_processor(compat.shell_context(self, self.Model))
-        app.before_request(self._resolve_shard)
-        app.teardown_request(self._reset_shard)
+        app.before_request(self._before_request)
+        app.after_request(self._after_request)
+        app.teardown_request(self._reset_request)
         app.teardown_appcontext(self._teardown_session)
 
     def shard_resolver(
@@ -220,30 +250,138 @@ class PartitionDB(compat.SQLAlchemyCompat):
         self._shard_resolver = resolver
         return resolver
 
-    def _resolve_shard(self) -> None:
-        if self._shard_resolver is None:
-            return
-        name = self._shard_resolver()
-        if name is None:
-            return
-        if name not in self.get_router().shards:
-            abort(404, description=f"Unknown shard {str(name)[:64]!r}.")
-        g._partition_shard_token = _plan.set(
-            dataclasses.replace(_plan.get(), shard=name)
-        )
+    def _before_request(self) -> None:
+        """Set the request's plan: the shard from the resolver and the
+        positions of the client's consistency token; start the debug trace.
+        """
+        state = self.get_state()
+        plan = _plan.get()
+        changes: dict[str, t.Any] = {}
+        if self._shard_resolver is not None:
+            name = self._shard_resolver()
+            if name is not None:
+                if name not in state.router.shards:
+                    abort(404, description=f"Unknown shard {str(name)[:64]!r}.")
+                changes["shard"] = name
+        if state.tokens is not None:
+            positions = self._read_token(state)
+            if positions:
+                changes["positions"] = positions
+                g._partition_positions = positions
+        if changes:
+            g._partition_plan_token = _plan.set(dataclasses.replace(plan, **changes))
+        if state.topology.debug_header:
+            g._partition_routes_token = _routes.set({})
 
-    def _reset_shard(self, exc: BaseException | None) -> None:
-        token = g.pop("_partition_shard_token", None)
+    def _read_token(self, state: PartitionState) -> dict[str | None, float] | None:
+        assert state.tokens is not None
+        text = request.headers.get(TOKEN_HEADER)
+        cookie = state.topology.consistency.cookie
+        if not text and cookie is not None:
+            text = request.cookies.get(cookie)
+        positions = state.tokens.loads(text, time.time())
+        if not positions:
+            return None
+        # Names come from the client (signed by us, but perhaps under an
+        # older config): keep only clusters that still take tokens.
+        by_name = state.router.by_name
+        known = {
+            name: position
+            for name, position in positions.items()
+            if name in by_name and by_name[name].token_mode is not None
+        }
+        if len(known) < len(positions):
+            g._partition_token_outdated = True
+        return known
+
+    def _after_request(self, response: Response) -> Response:
+        """Give the client a token for the clusters this request committed
+        writes to; drop positions every replica has replayed. Add the debug
+        header when it is on.
+        """
+        state = self.get_state()
+        if state.tokens is not None:
+            self._write_token(state, response)
+        routes = _routes.get()
+        if routes is not None:
+            response.headers[ROUTE_HEADER] = describe_routes(routes)
+        return response
+
+    def _write_token(self, state: PartitionState, response: Response) -> None:
+        assert state.tokens is not None
+        before: dict[str | None, float] = g.get("_partition_positions") or {}
+        positions = dict(before)
+        registry = self.session.registry
+        if registry.has():
+            session = registry()
+            written, session.committed_writes = session.committed_writes, set()
+            for name in written:
+                cluster = state.router.by_name[name]
+                try:
+                    position = cluster.position()
+                except sa_exc.DBAPIError as error:
+                    _log.warning(
+                        "cannot read the position of %s after a commit; the"
+                        " client gets no token for it: %s",
+                        cluster.label,
+                        str(error.orig or error).strip().splitlines()[0],
+                    )
+                    continue
+                positions[name] = max(position, positions.get(name, 0))
+        for name, position in list(positions.items()):
+            if state.router.by_name[name].caught_up(position):
+                del positions[name]
+        if positions == before and not g.get("_partition_token_outdated"):
+            return
+        consistency = state.topology.consistency
+        if positions:
+            text = state.tokens.dumps(positions)
+            response.headers[TOKEN_HEADER] = text
+            if consistency.cookie is not None:
+                response.set_cookie(
+                    consistency.cookie,
+                    text,
+                    max_age=int(consistency.max_age),
+                    secure=request.is_secure,
+                    httponly=True,
+                    samesite="Lax",
+                )
+        else:
+            response.headers[TOKEN_HEADER] = ""
+            if consistency.cookie is not None and consistency.cookie in request.cookies:
+                response.delete_cookie(
+                    consistency.cookie,
+                    secure=request.is_secure,
+                    httponly=True,
+                    samesite="Lax",
+                )
+
+    def _reset_request(self, exc: BaseException | None) -> None:
+        token = g.pop("_partition_plan_token", None)
         if token is not None:
             _plan.reset(token)
+        routes_token = g.pop("_partition_routes_token", None)
+        if routes_token is not None:
+            _routes.reset(routes_token)
 
-    def _make_cluster(self, config: ClusterConfig, policy: str) -> Cluster:
+    def _make_cluster(
+        self, config: ClusterConfig, topology: Topology, token_mode: str | None
+    ) -> Cluster:
         primary = _create_engine(config.primary, config)
         replicas = [
             _create_engine(url, config, replica=index)
             for index, url in enumerate(config.replicas)
         ]
-        return Cluster(config.name, primary, replicas, make_policy(policy))
+        return Cluster(
+            config.name,
+            primary,
+            replicas,
+            make_policy(topology.replica_policy),
+            is_shard=config.is_shard,
+            settings=topology.replica_settings,
+            token_mode=token_mode,
+            window=topology.consistency.window,
+        )
 
     def _teardown_session(self, exc: BaseException | None) -> None:
         self.session.remove()
@@ -497,6 +635,30 @@ def _bind_arg(bind: t.Any, bind_key: t.Any) -> t.Any:
     if bind is not _UNSET:
         raise TypeError("Pass 'bind' or its alias 'bind_key', not both.")
     return bind_key
+
+
+def _check_replica_settings(topology: Topology) -> None:
+    """Lag limits need replicas that report their lag: PostgreSQL (SQLite
+    replicas are the primary's file and never lag).
+    """
+    settings = topology.replica_settings
+    if settings.max_lag is None and settings.max_lag_bytes is None:
+        return
+    key = (
+        "PARTITION_REPLICA_MAX_LAG"
+        if settings.max_lag is not None
+        else "PARTITION_REPLICA_MAX_LAG_BYTES"
+    )
+    for config in [*topology.clusters.values(), *topology.shards.values()]:
+        for url in config.replicas:
+            backend = url.get_backend_name()
+            if backend not in ("postgresql", "sqlite"):
+                label = cluster_label(config.name, shard=config.is_shard)
+                raise ValueError(
+                    f"'{key}' is set, but a replica of {label} uses {backend!r},"
+                    " whose lag cannot be measured; lag limits need PostgreSQL"
+                    " replicas. Remove the limit."
+                )
 
 
 def _create_engine(
