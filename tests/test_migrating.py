@@ -12,6 +12,7 @@ would, so each test's requests share one application context.
 
 from __future__ import annotations
 
+import contextlib
 import typing as t
 
 import pytest
@@ -73,8 +74,10 @@ def make_blog(
             pg = request.getfixturevalue("blog_pg")
             assert pg.primary is not None
             replica = pg.replicas[0]
-            # Replicas are a Flask-Partition feature: the PARTITION_* keys.
+            # Replicas are a Flask-Partition feature: the PARTITION_* keys,
+            # and a secret to sign read-your-writes tokens with.
             config.update(
+                SECRET_KEY="blog secret",
                 SQLALCHEMY_DATABASE_URI=None,
                 SQLALCHEMY_BINDS=None,
                 PARTITION_DATABASE_URI=pg.primary.url("blog"),
@@ -311,9 +314,15 @@ SCRIPT: list[tuple[str, str, dict[str, t.Any] | None]] = [
 ]
 
 
-def _transcript(app: Flask) -> list[tuple[int, t.Any]]:
-    # One application context for the whole script, as under pytest-flask.
-    with app.test_request_context():
+def _transcript(app: Flask, *, shared_context: bool) -> list[tuple[int, t.Any]]:
+    """Run :data:`SCRIPT` with one client, in one application context (as
+    under pytest-flask) or in a new one for each request (as in production,
+    where read-your-writes across requests rests on the consistency token
+    the client carries).
+    """
+    with contextlib.ExitStack() as stack:
+        if shared_context:
+            stack.enter_context(app.test_request_context())
         client = app.test_client()
         return [
             (response.status_code, response.get_json())
@@ -324,16 +333,18 @@ def _transcript(app: Flask) -> list[tuple[int, t.Any]]:
         ]
 
 
+@pytest.mark.parametrize("shared_context", [True, False])
 @pytest.mark.parametrize("backend", BACKENDS[1:])
 def test_responses_are_identical_to_flask_sqlalchemy(
-    make_blog: BlogFactory, backend: str
+    make_blog: BlogFactory, backend: str, shared_context: bool
 ) -> None:
-    expected = _transcript(make_blog("flask_sqlalchemy"))
+    expected = _transcript(make_blog("flask_sqlalchemy"), shared_context=shared_context)
     assert [status for status, _ in expected].count(404) == 2
-    assert _transcript(make_blog(backend)) == expected
+    moved = _transcript(make_blog(backend), shared_context=shared_context)
+    assert moved == expected
 
 
-def test_paused_replica_serves_reads_until_the_session_writes(
+def test_paused_replica_serves_reads_until_the_client_writes(
     make_blog: BlogFactory, blog_pg: PostgresTopology
 ) -> None:
     app = make_blog("flask_partition_pg")
@@ -356,5 +367,8 @@ def test_paused_replica_serves_reads_until_the_session_writes(
             assert client.get("/posts").get_json()["total"] == 25  # the primary now
         assert log.roles()[0] is Role.REPLICA  # get_or_404 read the replica
         assert log.roles()[-2:] == [Role.PRIMARY, Role.PRIMARY]
-    with app.test_request_context():
-        assert app.test_client().get("/posts").get_json()["total"] == 24
+    # A new session: this client's consistency token sends it to the primary,
+    # since the replica has not replayed the write; another client without a
+    # token reads the replica.
+    assert client.get("/posts").get_json()["total"] == 25
+    assert app.test_client().get("/posts").get_json()["total"] == 24
