@@ -74,8 +74,7 @@ _UNSUPPORTED_KEYS = {
 
 
 def _quoted(keys: t.Sequence[str]) -> str:
-    names = [f"'{key}'" for key in keys]
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    return ", ".join(f"'{key}'" for key in keys)
 
 
 def read_sqlalchemy_config(
@@ -116,10 +115,10 @@ def read_sqlalchemy_config(
     ours = [key for key in PARTITION_KEYS if config.get(key) is not None]
     if ours:
         raise ValueError(
-            f"Both {_quoted(ours)} and {_quoted(legacy)} are set. Configure the"
-            " databases with one family of keys: the 'PARTITION_*' keys, or"
-            " Flask-SQLAlchemy's 'SQLALCHEMY_*' keys, which are read only when"
-            " no 'PARTITION_*' database key is set."
+            f"Both Flask-Partition's keys ({_quoted(ours)}) and Flask-SQLAlchemy's"
+            f" keys ({_quoted(legacy)}) are set. Configure the databases with one"
+            " family of keys: the 'PARTITION_*' keys, or the 'SQLALCHEMY_*' keys,"
+            " which are read only when no 'PARTITION_*' database key is set."
         )
     echo = config.get("SQLALCHEMY_ECHO")
     binds = _sqlalchemy_binds(config.get("SQLALCHEMY_BINDS"))
@@ -141,6 +140,7 @@ def read_sqlalchemy_config(
             " to the URI of the default database, for example 'sqlite:///app.db'."
         )
     clusters: dict[str | None, _config.ClusterConfig] = {}
+    # The default cluster first, then the binds in their order.
     for name in sorted(binds, key=lambda name: name is not None):
         key, value, options = binds[name]
         url = _mysql_defaults(_config._url(value, key, instance_path), options)

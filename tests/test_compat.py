@@ -119,15 +119,19 @@ def test_mixing_both_families_is_an_error() -> None:
         SQLALCHEMY_DATABASE_URI="sqlite://",
         SQLALCHEMY_ECHO=False,
     ) == (
-        "Both 'PARTITION_DATABASE_URI' and 'PARTITION_REPLICAS' and"
-        " 'SQLALCHEMY_DATABASE_URI' and 'SQLALCHEMY_ECHO' are set. Configure the"
-        " databases with one family of keys: the 'PARTITION_*' keys, or"
-        " Flask-SQLAlchemy's 'SQLALCHEMY_*' keys, which are read only when no"
-        " 'PARTITION_*' database key is set."
+        "Both Flask-Partition's keys ('PARTITION_DATABASE_URI',"
+        " 'PARTITION_REPLICAS') and Flask-SQLAlchemy's keys"
+        " ('SQLALCHEMY_DATABASE_URI', 'SQLALCHEMY_ECHO') are set. Configure the"
+        " databases with one family of keys: the 'PARTITION_*' keys, or the"
+        " 'SQLALCHEMY_*' keys, which are read only when no 'PARTITION_*'"
+        " database key is set."
     )
     assert _error(
         ValueError, PARTITION_SHARDS={"a": "sqlite://"}, SQLALCHEMY_BINDS={}
-    ).startswith("Both 'PARTITION_SHARDS' and 'SQLALCHEMY_BINDS' are set.")
+    ).startswith(
+        "Both Flask-Partition's keys ('PARTITION_SHARDS') and Flask-SQLAlchemy's"
+        " keys ('SQLALCHEMY_BINDS') are set."
+    )
     # None means unset, as Flask-SQLAlchemy's defaults are.
     config: dict[str, t.Any] = {
         "PARTITION_DATABASE_URI": "sqlite://",
