@@ -233,32 +233,27 @@ _NO_DEFAULT = (
     "No default database is configured: 'SQLALCHEMY_BINDS' is set but"
     " 'SQLALCHEMY_DATABASE_URI' is not. Give the model or table a"
     " '__bind_key__' from 'SQLALCHEMY_BINDS', pass"
-    " bind_arguments={{'bind_key': ...}} for raw SQL, or set"
-    " 'SQLALCHEMY_DATABASE_URI'.{context}"
+    " bind_arguments={'bind_key': ...} for raw SQL, or set"
+    " 'SQLALCHEMY_DATABASE_URI'."
 )
 
 
-def no_default_error(context: str = "") -> sa_exc.UnboundExecutionError:
-    """The error for using the default cluster when only binds are set.
-
-    :param context: What needed it, appended to the message.
-    """
-    return sa_exc.UnboundExecutionError(_NO_DEFAULT.format(context=context))
+def no_default_error() -> sa_exc.UnboundExecutionError:
+    """The error for using the default cluster when only binds are set."""
+    return sa_exc.UnboundExecutionError(_NO_DEFAULT)
 
 
-def no_default_cluster(policy: str) -> Cluster:
+def no_default_cluster() -> Cluster:
     """Stand in for the default cluster when only ``SQLALCHEMY_BINDS`` is
-    set: its engine never connects, and raises :func:`no_default_error`
-    instead.
-
-    :param policy: The replica policy name (unused: there are no replicas).
+    set (the router needs one): its engine never connects, and raises
+    :func:`no_default_error` instead.
     """
 
     def refuse() -> t.NoReturn:
         raise no_default_error()
 
     engine = sa.create_engine("sqlite://", creator=refuse, poolclass=sa.pool.NullPool)
-    return Cluster(None, engine, [], make_policy(policy))
+    return Cluster(None, engine, [], make_policy("round_robin"))
 
 
 class Query(ShardedQuery[_T]):

@@ -197,7 +197,7 @@ class PartitionDB(compat.SQLAlchemyCompat):
             for name, cluster in topology.clusters.items()
         }
         if None not in clusters:  # only SQLALCHEMY_BINDS are configured
-            clusters[None] = compat.no_default_cluster(topology.replica_policy)
+            clusters[None] = compat.no_default_cluster()
         shards = {
             name: self._make_cluster(cluster, topology, modes.get(name))
             for name, cluster in topology.shards.items()
