@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from .consistency import ROUTE_HEADER as ROUTE_HEADER
+from .consistency import TOKEN_HEADER as TOKEN_HEADER
 from .decorators import use_primary as use_primary
 from .decorators import use_replica as use_replica
 from .decorators import use_shard as use_shard
 from .errors import AmbiguousShardError as AmbiguousShardError
 from .errors import CrossClusterError as CrossClusterError
+from .errors import PrimaryUnavailableError as PrimaryUnavailableError
 from .errors import ReadOnlyError as ReadOnlyError
 from .errors import ScatterError as ScatterError
 from .errors import ShardingError as ShardingError
@@ -23,5 +26,7 @@ from .sharding import HashShardMap as HashShardMap
 from .sharding import KeyIsShardName as KeyIsShardName
 from .sharding import RangeShardMap as RangeShardMap
 from .sharding import ShardMap as ShardMap
+from .signals import replica_state_changed as replica_state_changed
+from .signals import routed as routed
 
 __version__ = "0.1.0.dev0"

@@ -17,6 +17,9 @@ import sqlalchemy.exc as sa_exc
 
 #: Replica choice policies accepted by ``PARTITION_REPLICA_POLICY``.
 REPLICA_POLICIES = ("round_robin", "random")
+#: Modes accepted by ``PARTITION_CONSISTENCY``.
+CONSISTENCY_MODES = ("auto", "lsn", "time", "off")
+_COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
 _CLUSTER_KEYS = ("primary", "replicas", "engine_options")
 _PASSWORD_IN_URI = re.compile(r"(?P<head>://[^:/@\s]*:)[^\s/]*@")
@@ -48,9 +51,57 @@ class ClusterConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReplicaSettings:
+    """How replicas are watched: health, replay positions and lag.
+
+    :param cooldown: Seconds a replica that failed to connect, or whose
+        connection broke, is skipped (``PARTITION_REPLICA_COOLDOWN``).
+    :param check_interval: Seconds a replica's replay position and lag are
+        trusted before they are read again (``PARTITION_REPLICA_CHECK_INTERVAL``).
+    :param max_lag: Replicas further behind than this many seconds get no
+        reads (``PARTITION_REPLICA_MAX_LAG``); ``None``: no limit.
+    :param max_lag_bytes: The same limit in bytes of WAL
+        (``PARTITION_REPLICA_MAX_LAG_BYTES``); ``None``: no limit.
+
+    .. versionadded:: 0.1.0
+    """
+
+    cooldown: float = 5.0
+    check_interval: float = 0.5
+    max_lag: float | None = None
+    max_lag_bytes: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsistencySettings:
+    """Read-your-writes across requests: how tokens are made and carried.
+
+    :param mode: ``"auto"``, ``"lsn"``, ``"time"`` or ``"off"``
+        (``PARTITION_CONSISTENCY``).
+    :param window: Seconds after a commit during which a time token sends
+        reads to the primary (``PARTITION_CONSISTENCY_WINDOW``).
+    :param cookie: The token cookie's name, ``None`` for the header only
+        (``PARTITION_TOKEN_COOKIE``).
+    :param max_age: Seconds a token is honoured (``PARTITION_TOKEN_MAX_AGE``).
+    :param secret_keys: The keys tokens are signed with, newest last
+        (``PARTITION_TOKEN_SECRET``, else ``SECRET_KEY`` and
+        ``SECRET_KEY_FALLBACKS``). Never shown in a repr.
+
+    .. versionadded:: 0.1.0
+    """
+
+    mode: str = "auto"
+    window: float = 2.0
+    cookie: str | None = "partition"
+    max_age: float = 300.0
+    secret_keys: tuple[str | bytes, ...] = dataclasses.field(default=(), repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
 class Topology:
     """Every cluster an application uses, keyed by bind name (``None`` is the
-    default cluster).
+    default cluster; it is missing only when Flask-SQLAlchemy's
+    ``SQLALCHEMY_BINDS`` are configured without ``SQLALCHEMY_DATABASE_URI``).
 
     .. versionadded:: 0.1.0
     """
@@ -63,6 +114,13 @@ class Topology:
     )
     #: Threads that run a scattered read on the shards at the same time.
     scatter_workers: int = 8
+    #: Replica health, replay positions and lag limits.
+    replica_settings: ReplicaSettings = ReplicaSettings()
+    #: Read-your-writes tokens.
+    consistency: ConsistencySettings = ConsistencySettings()
+    #: Add the ``X-Partition-Route`` header to responses
+    #: (``PARTITION_DEBUG_HEADER``).
+    debug_header: bool = False
 
 
 def mask_uri(value: object) -> str:
@@ -84,14 +142,60 @@ def parse_config(
 ) -> Topology:
     """Read the ``PARTITION_*`` keys of ``config`` and validate them.
 
+    When none of the ``PARTITION_*`` database keys is set, Flask-SQLAlchemy's
+    ``SQLALCHEMY_DATABASE_URI``, ``SQLALCHEMY_BINDS``,
+    ``SQLALCHEMY_ENGINE_OPTIONS`` and ``SQLALCHEMY_ECHO`` are read instead
+    (see :doc:`/migrating`); setting keys of both families is an error.
+
     :param config: A Flask ``app.config`` or any mapping of the same keys.
     :param instance_path: The folder relative SQLite paths are resolved in.
         ``None`` leaves them relative to the working directory.
     :raises RuntimeError: When ``PARTITION_DATABASE_URI`` is not set.
     :raises TypeError: When a value has the wrong type; the key is named.
-    :raises ValueError: When a value is malformed; the key is named and any
-        password is masked.
+    :raises ValueError: When a value is malformed, or both families of keys
+        are set; the keys are named and any password is masked.
+
+    .. versionchanged:: 0.1.0
+        Falls back to the ``SQLALCHEMY_*`` keys.
     """
+    # compat builds on this module's helpers, so it is imported here.
+    from .compat import read_sqlalchemy_config
+
+    shards: dict[str, ClusterConfig] = {}
+    clusters = read_sqlalchemy_config(config, instance_path)
+    if clusters is None:
+        clusters, shards = _partition_clusters(config, instance_path)
+    policy = config.get("PARTITION_REPLICA_POLICY", "round_robin")
+    if policy not in REPLICA_POLICIES:
+        choices = ", ".join(repr(p) for p in REPLICA_POLICIES)
+        raise ValueError(
+            f"'PARTITION_REPLICA_POLICY' must be one of {choices}, got {policy!r}."
+        )
+    workers = config.get("PARTITION_SCATTER_WORKERS", max(8, 2 * len(shards)))
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(
+            f"'PARTITION_SCATTER_WORKERS' must be a positive integer, got {workers!r}."
+        )
+    debug_header = config.get("PARTITION_DEBUG_HEADER", False)
+    if not isinstance(debug_header, bool):
+        raise TypeError(
+            f"'PARTITION_DEBUG_HEADER' must be True or False, got {debug_header!r}."
+        )
+    return Topology(
+        clusters=types.MappingProxyType(clusters),
+        replica_policy=policy,
+        shards=types.MappingProxyType(shards),
+        scatter_workers=workers,
+        replica_settings=_replica_settings(config),
+        consistency=_consistency(config),
+        debug_header=debug_header,
+    )
+
+
+def _partition_clusters(
+    config: t.Mapping[str, t.Any], instance_path: str | None
+) -> tuple[dict[str | None, ClusterConfig], dict[str, ClusterConfig]]:
+    """Read the clusters and shards of the ``PARTITION_*`` keys."""
     if config.get("PARTITION_DATABASE_URI") is None:
         raise RuntimeError(
             "'PARTITION_DATABASE_URI' is not set. Set it to the URI of the default"
@@ -126,22 +230,106 @@ def parse_config(
                 " Bind and shard names share one namespace of clusters; rename"
                 " one of them."
             )
-    policy = config.get("PARTITION_REPLICA_POLICY", "round_robin")
-    if policy not in REPLICA_POLICIES:
-        choices = ", ".join(repr(p) for p in REPLICA_POLICIES)
+    return clusters, shards
+
+
+def _seconds(
+    config: t.Mapping[str, t.Any], key: str, default: float | None
+) -> float | None:
+    value = config.get(key, default)
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"'{key}' must be a number of seconds, got {value!r}.")
+    if not value >= 0 or value == float("inf"):
         raise ValueError(
-            f"'PARTITION_REPLICA_POLICY' must be one of {choices}, got {policy!r}."
+            f"'{key}' must be a finite number of seconds >= 0, got {value!r}."
         )
-    workers = config.get("PARTITION_SCATTER_WORKERS", max(8, 2 * len(shards)))
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    return float(value)
+
+
+def _secret(value: object, key: str) -> str | bytes:
+    if not isinstance(value, (str, bytes)):
+        raise TypeError(
+            f"'{key}' must be a string or bytes to sign consistency tokens, got a"
+            f" {type(value).__name__}."
+        )
+    if not value:
+        raise ValueError(f"'{key}' is empty; consistency tokens need a secret.")
+    return value
+
+
+def _replica_settings(config: t.Mapping[str, t.Any]) -> ReplicaSettings:
+    max_bytes = config.get("PARTITION_REPLICA_MAX_LAG_BYTES")
+    if max_bytes is not None and (
+        isinstance(max_bytes, bool) or not isinstance(max_bytes, int)
+    ):
+        raise TypeError(
+            "'PARTITION_REPLICA_MAX_LAG_BYTES' must be a number of bytes,"
+            f" got {max_bytes!r}."
+        )
+    if max_bytes is not None and max_bytes < 0:
         raise ValueError(
-            f"'PARTITION_SCATTER_WORKERS' must be a positive integer, got {workers!r}."
+            "'PARTITION_REPLICA_MAX_LAG_BYTES' must be a number of bytes >= 0,"
+            f" got {max_bytes!r}."
         )
-    return Topology(
-        clusters=types.MappingProxyType(clusters),
-        replica_policy=policy,
-        shards=types.MappingProxyType(shards),
-        scatter_workers=workers,
+    return ReplicaSettings(
+        cooldown=t.cast(float, _seconds(config, "PARTITION_REPLICA_COOLDOWN", 5.0)),
+        check_interval=t.cast(
+            float, _seconds(config, "PARTITION_REPLICA_CHECK_INTERVAL", 0.5)
+        ),
+        max_lag=_seconds(config, "PARTITION_REPLICA_MAX_LAG", None),
+        max_lag_bytes=max_bytes,
+    )
+
+
+def _consistency(config: t.Mapping[str, t.Any]) -> ConsistencySettings:
+    mode = config.get("PARTITION_CONSISTENCY", "auto")
+    if mode not in CONSISTENCY_MODES:
+        choices = ", ".join(repr(m) for m in CONSISTENCY_MODES)
+        raise ValueError(
+            f"'PARTITION_CONSISTENCY' must be one of {choices}, got {mode!r}."
+        )
+    window = t.cast(float, _seconds(config, "PARTITION_CONSISTENCY_WINDOW", 2.0))
+    max_age = t.cast(float, _seconds(config, "PARTITION_TOKEN_MAX_AGE", 300.0))
+    if max_age < 1:
+        # The cookie's Max-Age is whole seconds: below 1 it is deleted at once.
+        raise ValueError(
+            f"'PARTITION_TOKEN_MAX_AGE' must be at least 1 second, got {max_age!r}."
+        )
+    cookie = config.get("PARTITION_TOKEN_COOKIE", "partition")
+    if cookie is not None and not isinstance(cookie, str):
+        raise TypeError(
+            f"'PARTITION_TOKEN_COOKIE' must be a cookie name or None, got {cookie!r}."
+        )
+    if cookie is not None and not _COOKIE_NAME.match(cookie):
+        raise ValueError(
+            "'PARTITION_TOKEN_COOKIE' must be a cookie name (letters, digits and"
+            f" !#$%&'*+.^_`|~-) or None for the header only, got {cookie!r}."
+        )
+    keys: list[t.Any] = []
+    secret = config.get("PARTITION_TOKEN_SECRET")
+    if mode == "off":
+        pass  # no tokens: the keys are Flask's business
+    elif secret is not None:
+        keys = [_secret(secret, "PARTITION_TOKEN_SECRET")]
+    else:
+        fallbacks = config.get("SECRET_KEY_FALLBACKS") or []
+        if not isinstance(fallbacks, (list, tuple)):
+            # A lone string would be split into one-letter keys.
+            raise TypeError(
+                "'SECRET_KEY_FALLBACKS' must be a list of old secret keys, got a"
+                f" {type(fallbacks).__name__}."
+            )
+        keys = [_secret(k, "SECRET_KEY_FALLBACKS") for k in fallbacks]
+        if config.get("SECRET_KEY") is not None:
+            keys.append(_secret(config["SECRET_KEY"], "SECRET_KEY"))
+    return ConsistencySettings(
+        mode=mode,
+        window=window,
+        cookie=cookie,
+        max_age=max_age,
+        secret_keys=tuple(keys),
     )
 
 
@@ -248,9 +436,8 @@ def _quote(key: str) -> str:
     """Quote a key for messages: 'PARTITION_REPLICAS[0]', but bind and shard
     keys read PARTITION_BINDS['auth']['replicas'] as written in Python.
     """
-    return (
-        key if key.startswith(("PARTITION_BINDS[", "PARTITION_SHARDS[")) else f"'{key}'"
-    )
+    nested = ("PARTITION_BINDS[", "PARTITION_SHARDS[", "SQLALCHEMY_BINDS[")
+    return key if key.startswith(nested) else f"'{key}'"
 
 
 def _options(value: object, key: str) -> dict[str, t.Any]:

@@ -75,3 +75,24 @@ class AmbiguousShardError(ShardingError, sa_exc.MultipleResultsFound):
 
     .. versionadded:: 0.1.0
     """
+
+
+class PrimaryUnavailableError(sa_exc.OperationalError):
+    """A cluster's primary cannot be reached: the connection failed or broke.
+
+    Writes (and reads pinned to the primary) fail with it while reads that
+    may use replicas keep working. The transaction was not committed unless
+    the connection broke during the COMMIT itself. Map it to ``503 Service
+    Unavailable`` in the application::
+
+        @app.errorhandler(PrimaryUnavailableError)
+        def primary_down(error):
+            return {"error": "try again shortly"}, 503
+
+    :attr:`cluster` names the cluster (``None`` for the default one).
+
+    .. versionadded:: 0.1.0
+    """
+
+    #: The bind or shard name of the cluster, ``None`` for the default one.
+    cluster: str | None = None

@@ -5,7 +5,9 @@ session, schema helpers and the Flask-SQLAlchemy-style helpers.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import time
 import typing as t
 
 import sqlalchemy as sa
@@ -15,26 +17,36 @@ from flask import abort
 from flask import current_app
 from flask import Flask
 from flask import g
+from flask import request
+from flask import Response
 from flask.globals import app_ctx
 
+from . import compat
 from .cli import partition_cli
 from .config import ClusterConfig
 from .config import mask_uri
 from .config import parse_config
 from .config import sqlite_file
 from .config import Topology
+from .consistency import describe_routes
+from .consistency import ROUTE_HEADER
+from .consistency import TOKEN_HEADER
+from .consistency import token_modes
+from .consistency import TokenCodec
 from .model import make_model_base
 from .pagination import Pagination
 from .pagination import resolve_page_args
 from .replicas import Cluster
+from .replicas import cluster_label
 from .replicas import make_policy
 from .routing import _plan
-from .session import cluster_label
+from .routing import _routes
 from .session import PartitionSession
 from .session import Router
 from .sharding import ShardMap
 
 _T = t.TypeVar("_T")
+_log = logging.getLogger("flask_partition")
 
 #: Pass as ``bind=`` to :meth:`~flask_partition.PartitionDB.create_all`
 #: for every cluster.
@@ -53,6 +65,8 @@ class PartitionState:
     db: PartitionDB
     topology: Topology
     router: Router
+    #: Signs and reads consistency tokens; ``None`` when no cluster uses them.
+    tokens: TokenCodec | None = None
 
 
 def _app_ctx_id() -> int:
@@ -60,17 +74,33 @@ def _app_ctx_id() -> int:
     return id(app_ctx._get_current_object())  # type: ignore[attr-defined]
 
 
-class PartitionDB:
+class PartitionDB(compat.SQLAlchemyCompat):
     """Flask extension giving each application context one SQLAlchemy
     session over every configured database.
+
+    It takes the arguments of Flask-SQLAlchemy's ``SQLAlchemy`` and offers
+    its API (see :doc:`/migrating`), so ``from flask_partition import
+    PartitionDB as SQLAlchemy`` is all an application needs to change.
 
     :param app: Call :meth:`init_app` on this application now.
     :param metadata: The default cluster's metadata, for naming conventions.
     :param session_options: Arguments for the :class:`PartitionSession`,
-        e.g. ``{"expire_on_commit": False}``.
+        e.g. ``{"expire_on_commit": False}``. A ``scopefunc`` key replaces
+        the application context as the scope of :attr:`session`.
     :param model_class: A declarative base of your own, subclassing
         :class:`~flask_partition.model.PartitionModel`; it becomes
-        :attr:`Model`. Its metadata is the default cluster's.
+        :attr:`Model`. Its metadata is the default cluster's. A
+        Flask-SQLAlchemy style ``model_class`` (a plain mixin class, or a
+        direct subclass of ``DeclarativeBase``) is accepted too; see
+        :func:`flask_partition.compat.model_base`.
+    :param query_class: The legacy query class of ``Model.query``,
+        ``db.session.query()`` and dynamic relationships; subclass
+        :class:`flask_partition.compat.Query`.
+    :param engine_options: Default :func:`~sqlalchemy.create_engine`
+        arguments of every engine, under those of the config.
+    :param add_models_to_shell: Add ``db`` and every model to ``flask shell``.
+    :param disable_autonaming: Do not derive ``__tablename__`` from class
+        names.
     :param shard_map: Maps shard key values to shard names: a
         :class:`~flask_partition.sharding.ShardMap` or a function
         ``key -> shard``. Default: a
@@ -94,16 +124,19 @@ class PartitionDB:
         *,
         metadata: sa.MetaData | None = None,
         session_options: dict[str, t.Any] | None = None,
-        model_class: type[sa_orm.DeclarativeBase] | None = None,
+        model_class: type[t.Any] | None = None,
+        query_class: type[compat.Query[t.Any]] = compat.Query,
+        engine_options: t.Mapping[str, t.Any] | None = None,
+        add_models_to_shell: bool = True,
+        disable_autonaming: bool = False,
         shard_map: ShardMap | t.Callable[[t.Any], str] | None = None,
         shard_chooser: t.Callable[..., t.Any] | None = None,
         identity_chooser: t.Callable[..., t.Iterable[t.Any]] | None = None,
         execute_chooser: t.Callable[..., t.Iterable[t.Any]] | None = None,
     ) -> None:
-        if model_class is not None:
-            metadata = model_class.metadata
-        elif metadata is None:
-            metadata = sa.MetaData()
+        self._init_compat(query_class)
+        model_class = compat.model_base(model_class, metadata)
+        metadata = model_class.metadata
         metadata.info["bind_key"] = None
         self._metadatas: dict[str | None, sa.MetaData] = {None: metadata}
         self._shard_metadata = sa.MetaData(info={"bind_key": None, "sharded": True})
@@ -114,14 +147,18 @@ class PartitionDB:
             "execute_chooser": execute_chooser,
         }
         self._shard_resolver: t.Callable[[], str | None] | None = None
+        self._engine_options = dict(engine_options or {})
+        self._add_models_to_shell = add_models_to_shell
         #: The declarative base for models: ``class User(db.Model): ...``.
         self.Model = make_model_base(self, metadata, model_class)
+        self.Model.__partition_autoname__ = not disable_autonaming
+        compat.install_query(self.Model, self.Query)
+        options = {"query_cls": self.Query, **(session_options or {})}
+        scopefunc = options.pop("scopefunc", _app_ctx_id)
         #: The session of the current application context.
         self.session: sa_orm.scoped_session[PartitionSession] = sa_orm.scoped_session(
-            sa_orm.sessionmaker(
-                class_=PartitionSession, db=self, **(session_options or {})
-            ),
-            scopefunc=_app_ctx_id,
+            sa_orm.sessionmaker(class_=PartitionSession, db=self, **options),
+            scopefunc=scopefunc,
         )
         if app is not None:
             self.init_app(app)
@@ -133,10 +170,13 @@ class PartitionDB:
 
         :param app: The Flask application.
         :raises RuntimeError: If a ``PartitionDB`` is already registered on
-            ``app``, or ``PARTITION_DATABASE_URI`` is missing.
+            ``app``, ``PARTITION_DATABASE_URI`` is missing, or consistency
+            tokens are on for a cluster with replicas and neither
+            ``SECRET_KEY`` nor ``PARTITION_TOKEN_SECRET`` is set.
         :raises TypeError: A config value has the wrong type (key named).
         :raises ValueError: A config value is malformed (key named, password
-            masked).
+            masked); ``PARTITION_CONSISTENCY="lsn"`` or a replica lag limit
+            on a database other than PostgreSQL.
         """
         if "partition" in app.extensions:
             raise RuntimeError(
@@ -144,12 +184,24 @@ class PartitionDB:
                 f" ({app.name!r}). Use that instance; one app has one."
             )
         topology = parse_config(app.config, instance_path=app.instance_path)
+        topology = compat.with_engine_defaults(topology, self._engine_options)
+        modes = token_modes(topology)
+        _check_replica_settings(topology)
+        if modes and not topology.consistency.secret_keys:
+            raise RuntimeError(
+                "Consistency tokens must be signed, but neither 'SECRET_KEY' nor"
+                " 'PARTITION_TOKEN_SECRET' is set. Set one of them, or set"
+                " 'PARTITION_CONSISTENCY' to 'off' to give up read-your-writes"
+                " across requests."
+            )
         clusters = {
-            name: self._make_cluster(cluster, topology.replica_policy)
+            name: self._make_cluster(cluster, topology, modes.get(name))
             for name, cluster in topology.clusters.items()
         }
+        if None not in clusters:  # only SQLALCHEMY_BINDS are configured
+            clusters[None] = compat.no_default_cluster()
         shards = {
-            name: self._make_cluster(cluster, topology.replica_policy)
+            name: self._make_cluster(cluster, topology, modes.get(name))
             for name, cluster in topology.shards.items()
         }
         for name in topology.clusters:
@@ -158,14 +210,23 @@ class PartitionDB:
             clusters,
             shards,
             scatter_workers=topology.scatter_workers,
+            sender=app,
             **self._shard_options,
         )
         app.extensions["partition"] = self
         app.extensions["partition.state"] = PartitionState(
-            db=self, topology=topology, router=router
+            db=self,
+            topology=topology,
+            router=router,
+            tokens=TokenCodec(topology.consistency) if modes else None,
         )
-        app.before_request(self._resolve_shard)
-        app.teardown_request(self._reset_shard)
+        # Where Flask-SQLAlchemy registers itself, for code that looks there.
+        app.extensions.setdefault("sqlalchemy", self)
+        if self._add_models_to_shell:
+            app.shell_context_processor(compat.shell_context(self, self.Model))
+        app.before_request(self._before_request)
+        app.after_request(self._after_request)
+        app.teardown_request(self._reset_request)
         app.teardown_appcontext(self._teardown_session)
         app.cli.add_command(partition_cli)
 
@@ -192,30 +253,138 @@ class PartitionDB:
         self._shard_resolver = resolver
         return resolver
 
-    def _resolve_shard(self) -> None:
-        if self._shard_resolver is None:
-            return
-        name = self._shard_resolver()
-        if name is None:
-            return
-        if name not in self.get_router().shards:
-            abort(404, description=f"Unknown shard {str(name)[:64]!r}.")
-        g._partition_shard_token = _plan.set(
-            dataclasses.replace(_plan.get(), shard=name)
-        )
+    def _before_request(self) -> None:
+        """Set the request's plan: the shard from the resolver and the
+        positions of the client's consistency token; start the debug trace.
+        """
+        state = self.get_state()
+        plan = _plan.get()
+        changes: dict[str, t.Any] = {}
+        if self._shard_resolver is not None:
+            name = self._shard_resolver()
+            if name is not None:
+                if name not in state.router.shards:
+                    abort(404, description=f"Unknown shard {str(name)[:64]!r}.")
+                changes["shard"] = name
+        if state.tokens is not None:
+            positions = self._read_token(state)
+            if positions:
+                changes["positions"] = positions
+                g._partition_positions = positions
+        if changes:
+            g._partition_plan_token = _plan.set(dataclasses.replace(plan, **changes))
+        if state.topology.debug_header:
+            g._partition_routes_token = _routes.set({})
 
-    def _reset_shard(self, exc: BaseException | None) -> None:
-        token = g.pop("_partition_shard_token", None)
+    def _read_token(self, state: PartitionState) -> dict[str | None, float] | None:
+        assert state.tokens is not None
+        text = request.headers.get(TOKEN_HEADER)
+        cookie = state.topology.consistency.cookie
+        if not text and cookie is not None:
+            text = request.cookies.get(cookie)
+        positions = state.tokens.loads(text, time.time())
+        if not positions:
+            return None
+        # Names come from the client (signed by us, but perhaps under an
+        # older config): keep only clusters that still take tokens.
+        by_name = state.router.by_name
+        known = {
+            name: position
+            for name, position in positions.items()
+            if name in by_name and by_name[name].token_mode is not None
+        }
+        if len(known) < len(positions):
+            g._partition_token_outdated = True
+        return known
+
+    def _after_request(self, response: Response) -> Response:
+        """Give the client a token for the clusters this request committed
+        writes to; drop positions every replica has replayed. Add the debug
+        header when it is on.
+        """
+        state = self.get_state()
+        if state.tokens is not None:
+            self._write_token(state, response)
+        routes = _routes.get()
+        if routes is not None:
+            response.headers[ROUTE_HEADER] = describe_routes(routes)
+        return response
+
+    def _write_token(self, state: PartitionState, response: Response) -> None:
+        assert state.tokens is not None
+        before: dict[str | None, float] = g.get("_partition_positions") or {}
+        positions = dict(before)
+        registry = self.session.registry
+        if registry.has():
+            session = registry()
+            written, session.committed_writes = session.committed_writes, set()
+            for name in written:
+                cluster = state.router.by_name[name]
+                try:
+                    position = cluster.position()
+                except sa_exc.DBAPIError as error:
+                    _log.warning(
+                        "cannot read the position of %s after a commit; the"
+                        " client gets no token for it: %s",
+                        cluster.label,
+                        str(error.orig or error).strip().splitlines()[0],
+                    )
+                    continue
+                positions[name] = max(position, positions.get(name, 0))
+        for name, position in list(positions.items()):
+            if state.router.by_name[name].caught_up(position):
+                del positions[name]
+        if positions == before and not g.get("_partition_token_outdated"):
+            return
+        consistency = state.topology.consistency
+        if positions:
+            text = state.tokens.dumps(positions)
+            response.headers[TOKEN_HEADER] = text
+            if consistency.cookie is not None:
+                response.set_cookie(
+                    consistency.cookie,
+                    text,
+                    max_age=int(consistency.max_age),
+                    secure=request.is_secure,
+                    httponly=True,
+                    samesite="Lax",
+                )
+        else:
+            response.headers[TOKEN_HEADER] = ""
+            if consistency.cookie is not None and consistency.cookie in request.cookies:
+                response.delete_cookie(
+                    consistency.cookie,
+                    secure=request.is_secure,
+                    httponly=True,
+                    samesite="Lax",
+                )
+
+    def _reset_request(self, exc: BaseException | None) -> None:
+        token = g.pop("_partition_plan_token", None)
         if token is not None:
             _plan.reset(token)
+        routes_token = g.pop("_partition_routes_token", None)
+        if routes_token is not None:
+            _routes.reset(routes_token)
 
-    def _make_cluster(self, config: ClusterConfig, policy: str) -> Cluster:
+    def _make_cluster(
+        self, config: ClusterConfig, topology: Topology, token_mode: str | None
+    ) -> Cluster:
         primary = _create_engine(config.primary, config)
         replicas = [
             _create_engine(url, config, replica=index)
             for index, url in enumerate(config.replicas)
         ]
-        return Cluster(config.name, primary, replicas, make_policy(policy))
+        return Cluster(
+            config.name,
+            primary,
+            replicas,
+            make_policy(topology.replica_policy),
+            is_shard=config.is_shard,
+            settings=topology.replica_settings,
+            token_mode=token_mode,
+            window=topology.consistency.window,
+        )
 
     def _teardown_session(self, exc: BaseException | None) -> None:
         self.session.remove()
@@ -272,14 +441,22 @@ class PartitionDB:
     @property
     def engines(self) -> t.Mapping[str | None, sa.Engine]:
         """The current app's primary engines by bind key (``None`` default)."""
+        state = self.get_state()
         return {
             name: cluster.primary
-            for name, cluster in self.get_router().clusters.items()
+            for name, cluster in state.router.clusters.items()
+            if name in state.topology.clusters
         }
 
     @property
     def engine(self) -> sa.Engine:
-        """The current app's default primary engine."""
+        """The current app's default primary engine.
+
+        :raises sqlalchemy.exc.UnboundExecutionError: When only
+            ``SQLALCHEMY_BINDS`` are configured.
+        """
+        if None not in self.get_state().topology.clusters:
+            raise compat.no_default_error()
         return self.get_router().default.primary
 
     def create_all(
@@ -287,6 +464,7 @@ class PartitionDB:
         bind: str | None | t.Iterable[str | None] = _UNSET,
         *,
         shard: str | t.Iterable[str] = _UNSET,
+        bind_key: str | None | t.Iterable[str | None] = _UNSET,
     ) -> None:
         """Create missing tables on each cluster's primary, and the sharded
         tables on every shard's primary.
@@ -298,22 +476,41 @@ class PartitionDB:
             cluster, or :data:`~flask_partition.extension.ALL`.
         :param shard: A shard name, a list of them, or
             :data:`~flask_partition.extension.ALL`.
+        :param bind_key: Flask-SQLAlchemy's name for ``bind``.
         :raises UnknownClusterError: A model or ``bind`` names a bind the app
             did not configure; :class:`~flask_partition.errors.UnknownShardError`
             for an unknown ``shard``.
         """
-        self._call_for_clusters(bind, shard, "create_all")
+        self._call_for_clusters(_bind_arg(bind, bind_key), shard, "create_all")
 
     def drop_all(
         self,
         bind: str | None | t.Iterable[str | None] = _UNSET,
         *,
         shard: str | t.Iterable[str] = _UNSET,
+        bind_key: str | None | t.Iterable[str | None] = _UNSET,
     ) -> None:
         """Drop tables on each cluster's and shard's primary; see
         :meth:`create_all`.
         """
-        self._call_for_clusters(bind, shard, "drop_all")
+        self._call_for_clusters(_bind_arg(bind, bind_key), shard, "drop_all")
+
+    def reflect(
+        self,
+        bind: str | None | t.Iterable[str | None] = _UNSET,
+        *,
+        bind_key: str | None | t.Iterable[str | None] = _UNSET,
+    ) -> None:
+        """Load the tables of each cluster's primary into its metadata, or
+        of the clusters ``bind`` names (see :meth:`create_all`). Shards are
+        not reflected.
+
+        :param bind: A bind key, a list of them, ``None`` for the default
+            cluster, or :data:`~flask_partition.extension.ALL` (default).
+        :param bind_key: Flask-SQLAlchemy's name for ``bind``.
+        """
+        bind = _bind_arg(bind, bind_key)
+        self._call_for_clusters(ALL if bind is _UNSET else bind, _UNSET, "reflect")
 
     def _call_for_clusters(self, bind: t.Any, shard: t.Any, operation: str) -> None:
         if bind is _UNSET and shard is _UNSET:
@@ -345,7 +542,7 @@ class PartitionDB:
         if bind == ALL:
             # This app's clusters, and any bind key a model declared (so a
             # model whose key the app lacks is reported, not skipped).
-            keys: list[str | None] = list(router.clusters)
+            keys: list[str | None] = list(self.engines)
             keys += [
                 k for k, m in self._metadatas.items() if m.tables and k not in keys
             ]
@@ -360,14 +557,16 @@ class PartitionDB:
         ident: t.Any,
         *,
         description: str | None = None,
+        **kwargs: t.Any,
     ) -> _T:
         """Return the row with primary key ``ident``, or abort with 404.
 
         :param entity: The model class.
         :param ident: The primary key value.
         :param description: The 404 error's description.
+        :param kwargs: Passed to :meth:`~sqlalchemy.orm.Session.get`.
         """
-        value = self.session.get(entity, ident)
+        value = self.session.get(entity, ident, **kwargs)
         if value is None:
             abort(404, description=description)
         return value
@@ -417,7 +616,12 @@ class PartitionDB:
         """
         page, per_page = resolve_page_args(page, per_page, max_per_page, error_out)
         pagination = Pagination(
-            self.session(), select, page=page, per_page=per_page, count=count
+            self.session(),
+            select,
+            page=page,
+            per_page=per_page,
+            count=count,
+            max_per_page=max_per_page,
         )
         if error_out and page > 1 and not pagination.items:
             abort(404)
@@ -425,6 +629,39 @@ class PartitionDB:
 
     def __repr__(self) -> str:
         return f"<PartitionDB binds={sorted(k for k in self._metadatas if k)!r}>"
+
+
+def _bind_arg(bind: t.Any, bind_key: t.Any) -> t.Any:
+    """Accept Flask-SQLAlchemy's ``bind_key=`` for ``bind=``."""
+    if bind_key is _UNSET:
+        return bind
+    if bind is not _UNSET:
+        raise TypeError("Pass 'bind' or its alias 'bind_key', not both.")
+    return bind_key
+
+
+def _check_replica_settings(topology: Topology) -> None:
+    """Lag limits need replicas that report their lag: PostgreSQL (SQLite
+    replicas are the primary's file and never lag).
+    """
+    settings = topology.replica_settings
+    if settings.max_lag is None and settings.max_lag_bytes is None:
+        return
+    key = (
+        "PARTITION_REPLICA_MAX_LAG"
+        if settings.max_lag is not None
+        else "PARTITION_REPLICA_MAX_LAG_BYTES"
+    )
+    for config in [*topology.clusters.values(), *topology.shards.values()]:
+        for url in config.replicas:
+            backend = url.get_backend_name()
+            if backend not in ("postgresql", "sqlite"):
+                label = cluster_label(config.name, shard=config.is_shard)
+                raise ValueError(
+                    f"'{key}' is set, but a replica of {label} uses {backend!r},"
+                    " whose lag cannot be measured; lag limits need PostgreSQL"
+                    " replicas. Remove the limit."
+                )
 
 
 def _create_engine(

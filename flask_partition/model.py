@@ -15,9 +15,11 @@ import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
 # A capital starts a new word when a lowercase letter or digit precedes it
-# ("OrderLine" -> "order_line"), or when it is the last of a run of capitals
-# followed by a lowercase letter ("HTTPRequest" -> "http_request").
-_WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+# ("OrderLine" -> "order_line"), or when a lowercase letter follows it and it
+# is not the first character ("HTTPRequest" -> "http_request", and
+# "Order_Line" -> "order__line" as in Flask-SQLAlchemy).
+_WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=.)(?=[A-Z][a-z])")
+_DECLARATIVE_BASES = (sa_orm.DeclarativeBase, sa_orm.DeclarativeBaseNoMeta)
 
 
 def camel_to_snake_case(name: str) -> str:
@@ -61,13 +63,16 @@ class PartitionModel:
     """
 
     __partition_metadata__: t.ClassVar[MetadataSource]
+    #: Derive ``__tablename__`` from the class name; false with
+    #: ``PartitionDB(disable_autonaming=True)``.
+    __partition_autoname__: t.ClassVar[bool] = True
     if t.TYPE_CHECKING:
         metadata: t.ClassVar[sa.MetaData]
         __tablename__: t.Any
 
     def __init_subclass__(cls, **kwargs: t.Any) -> None:
         own = cls.__dict__
-        is_base = sa_orm.DeclarativeBase in cls.__bases__
+        is_base = any(base in _DECLARATIVE_BASES for base in cls.__bases__)
         if (
             not is_base
             and not own.get("__abstract__", False)
@@ -92,7 +97,7 @@ class PartitionModel:
                         " 'PartitionDB(model_class=Base)' before declaring models."
                     )
                 cls.metadata = source._metadata_for(bind_key)
-            if "__tablename__" not in own and _needs_own_table(cls):
+            if _derives_tablename(cls):
                 cls.__tablename__ = camel_to_snake_case(cls.__name__)
             super().__init_subclass__(**kwargs)
             if shard_key is not None:
@@ -134,20 +139,57 @@ def _mark_shard_key(cls: type, shard_key: object) -> None:
     table.info["shard_key"] = shard_key
 
 
-def _needs_own_table(cls: type) -> bool:
-    """True for the first mapped class of a hierarchy and for a subclass that
-    declares its own primary key (joined-table inheritance); false for
-    single-table inheritance subclasses, which share their parent's table.
+def _derives_tablename(cls: type) -> bool:
+    """Whether ``cls`` gets ``__tablename__`` from its class name, by
+    Flask-SQLAlchemy 3.x's rules: not when a name is given by the class
+    itself, a ``declared_attr``, a mixin or an abstract base (the first one
+    found in the MRO decides), and not for single-table inheritance.
     """
-    mapped_parent = any(
-        isinstance(sa.inspect(base, raiseerr=False), sa_orm.Mapper)
+    if not getattr(cls, "__partition_autoname__", True):
+        return False
+    for base in cls.__mro__:
+        if "__tablename__" not in base.__dict__:
+            continue
+        if (
+            base is cls
+            or isinstance(base.__dict__["__tablename__"], sa_orm.declared_attr)
+            or base.__dict__.get("__abstract__", False)
+            or not issubclass(base, _DECLARATIVE_BASES)
+        ):
+            return False
+        break  # a mapped parent's name: a subclass may need its own
+    return _needs_own_table(cls)
+
+
+def _needs_own_table(cls: type) -> bool:
+    """True for the first mapped class of a hierarchy, and for a subclass
+    that declares a primary key (joined-table inheritance) in its body, in
+    a mixin of its own or in ``__table_args__``, or whose name is already a
+    table of its metadata (reflected); false for single-table inheritance,
+    which shares the parent's table.
+    """
+    parents = [
+        base
         for base in cls.__mro__[1:]
-    )
-    if not mapped_parent:
+        if isinstance(sa.inspect(base, raiseerr=False), sa_orm.Mapper)
+    ]
+    if not parents:
         return True
-    for value in cls.__dict__.values():
-        column = getattr(value, "column", value)
-        if isinstance(column, sa.Column) and column.primary_key:
+    metadata = getattr(cls, "metadata", None)
+    if metadata is not None and camel_to_snake_case(cls.__name__) in metadata.tables:
+        return True
+    inherited = set(parents[0].__mro__)
+    for klass in cls.__mro__:
+        if klass in inherited:
+            continue
+        for value in klass.__dict__.values():
+            column = getattr(value, "column", value)
+            if isinstance(column, sa.Column) and column.primary_key:
+                return True
+        table_args = klass.__dict__.get("__table_args__", ())
+        if isinstance(table_args, tuple) and any(
+            isinstance(arg, sa.PrimaryKeyConstraint) for arg in table_args
+        ):
             return True
     return False
 

@@ -12,9 +12,19 @@ from flask import has_request_context
 from flask import request
 
 
-def _request_int(name: str, default: int) -> int:
-    value = request.args.get(name, type=int) if has_request_context() else None
-    return default if value is None else value
+def _request_int(name: str, default: int, error_out: bool) -> int:
+    """Read ``?page=`` or ``?per_page=``; a value that is not an integer
+    aborts with 404 when ``error_out`` is set, else gives the default.
+    """
+    value = request.args.get(name) if has_request_context() else None
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        if error_out:
+            abort(404)
+        return default
 
 
 class Pagination:
@@ -27,6 +37,8 @@ class Pagination:
     :param page: The 1-based page number.
     :param per_page: Items per page.
     :param count: Run a COUNT query to fill :attr:`total`.
+    :param max_per_page: The bound ``per_page`` was clamped to, kept for
+        :attr:`max_per_page`.
 
     .. versionadded:: 0.1.0
     """
@@ -39,6 +51,7 @@ class Pagination:
         page: int,
         per_page: int,
         count: bool = True,
+        max_per_page: int | None = None,
     ) -> None:
         self._session = session
         self._select = select
@@ -46,18 +59,36 @@ class Pagination:
         self.page = page
         #: The maximum number of items on a page.
         self.per_page = per_page
-        offset = (page - 1) * per_page
+        #: The upper bound ``per_page`` was clamped to, if any.
+        self.max_per_page = max_per_page
         #: The items on this page.
-        self.items: list[t.Any] = list(
-            session.execute(select.limit(per_page).offset(offset)).unique().scalars()
-        )
+        self.items: list[t.Any] = self._query_items()
         #: The number of items over all pages, ``None`` when ``count=False``.
-        self.total: int | None = None
-        if count:
-            counter = sa.select(sa.func.count()).select_from(
-                select.order_by(None).subquery()
-            )
-            self.total = session.execute(counter).scalar_one()
+        self.total: int | None = self._query_count() if count else None
+
+    def _query_items(self) -> list[t.Any]:
+        """Run the query for the items of :attr:`page`."""
+        offset = (self.page - 1) * self.per_page
+        statement = self._select.limit(self.per_page).offset(offset)
+        return list(self._session.execute(statement).unique().scalars())
+
+    def _query_count(self) -> int:
+        """Run the query for :attr:`total`."""
+        counter = sa.select(sa.func.count()).select_from(
+            self._select.order_by(None).subquery()
+        )
+        return self._session.execute(counter).scalar_one()
+
+    def _at_page(self, page: int, per_page: int) -> Pagination:
+        """Return the same query at another page, without counting."""
+        return Pagination(
+            self._session,
+            self._select,
+            page=page,
+            per_page=per_page,
+            count=False,
+            max_per_page=self.max_per_page,
+        )
 
     @property
     def first(self) -> int:
@@ -107,25 +138,31 @@ class Pagination:
 
         :param error_out: Abort with 404 if that page is empty.
         """
-        return self._other(self.page - 1, error_out)
+        return self._other(self.page - 1, self.per_page, error_out)
 
     def next(self, *, error_out: bool = False) -> Pagination:
         """Return the next page.
 
         :param error_out: Abort with 404 if that page is empty.
         """
-        return self._other(self.page + 1, error_out)
+        per_page = self.per_page
+        if self.max_per_page is not None:
+            # As in Flask-SQLAlchemy, the next page (not the previous one)
+            # clamps again: a per_page reset to 20 may exceed the bound.
+            per_page = min(per_page, self.max_per_page)
+        return self._other(self.page + 1, per_page, error_out)
 
-    def _other(self, page: int, error_out: bool) -> Pagination:
-        other = Pagination(
-            self._session,
-            self._select,
-            page=max(page, 1),
-            per_page=self.per_page,
-            count=self.total is not None,
-        )
+    def _other(self, page: int, per_page: int, error_out: bool) -> Pagination:
+        if page < 1:
+            if error_out:
+                abort(404)
+            page = 1
+        other = self._at_page(page, per_page)
         if error_out and not other.items and page != 1:
             abort(404)
+        # The total does not depend on the page: reuse it, as
+        # Flask-SQLAlchemy does, instead of counting again.
+        other.total = self.total
         return other
 
     def iter_pages(
@@ -146,22 +183,27 @@ class Pagination:
         :param right_current: Pages to show right of the current one.
         :param right_edge: Pages to show up to the last.
         """
-        pages = self.pages
-        shown = sorted(
-            {p for p in range(1, min(left_edge, pages) + 1)}
-            | {
-                p
-                for p in range(self.page - left_current, self.page + right_current + 1)
-                if 1 <= p <= pages
-            }
-            | {p for p in range(max(pages - right_edge + 1, 1), pages + 1)}
-        )
-        previous = 0
-        for number in shown:
-            if number - previous > 1:
-                yield None
-            yield number
-            previous = number
+        # Three runs of page numbers: the left edge, the pages around the
+        # current one and the right edge. Each run starts where the previous
+        # one ended at the earliest, and a gap between runs yields None.
+        end = self.pages + 1
+        if end == 1:
+            return
+        left_end = min(1 + left_edge, end)
+        yield from range(1, left_end)
+        if left_end == end:
+            return
+        middle_start = max(left_end, self.page - left_current)
+        middle_end = min(self.page + right_current + 1, end)
+        if middle_start > left_end:
+            yield None
+        yield from range(middle_start, middle_end)
+        if middle_end == end:
+            return
+        right_start = max(middle_end, end - right_edge)
+        if right_start > middle_end:
+            yield None
+        yield from range(right_start, end)
 
     def __iter__(self) -> t.Iterator[t.Any]:
         return iter(self.items)
@@ -174,12 +216,13 @@ def resolve_page_args(
     error_out: bool,
 ) -> tuple[int, int]:
     """Fill ``page`` and ``per_page`` from the request query string when not
-    given, and clamp them (aborting with 404 when ``error_out`` is set).
+    given, and clamp them (aborting with 404 when ``error_out`` is set), as
+    Flask-SQLAlchemy does.
     """
     if page is None:
-        page = _request_int("page", 1)
+        page = _request_int("page", 1, error_out)
     if per_page is None:
-        per_page = _request_int("per_page", 20)
+        per_page = _request_int("per_page", 20, error_out)
     if max_per_page is not None:
         per_page = min(per_page, max_per_page)
     if page < 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import enum
+import typing as t
 
 import sqlalchemy as sa
 import sqlalchemy.sql.elements as sa_elements
@@ -38,6 +39,8 @@ class Plan:
     :param pinned_by: The helper that set the plan, named in errors.
     :param shard: The shard sharded models use, set by
         :func:`~flask_partition.use_shard` or the request's shard resolver.
+    :param positions: The positions of the client's consistency token by
+        cluster: replicas that have not replayed them get no reads.
 
     .. versionadded:: 0.1.0
     """
@@ -46,12 +49,20 @@ class Plan:
     read_only: bool = False
     pinned_by: str | None = None
     shard: str | None = None
+    positions: t.Mapping[str | None, float] | None = None
 
 
 # Plan is a frozen dataclass, so sharing one default instance is safe.
 _plan: contextvars.ContextVar[Plan] = contextvars.ContextVar(
     "flask_partition_plan",
     default=Plan(),  # noqa: B039
+)
+
+
+#: Routing decisions of the current request by (cluster, node), collected
+#: for the debug header when ``PARTITION_DEBUG_HEADER`` is on.
+_routes: contextvars.ContextVar[dict[tuple[str, str], int] | None] = (
+    contextvars.ContextVar("flask_partition_routes", default=None)
 )
 
 

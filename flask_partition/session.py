@@ -10,16 +10,19 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import contextvars
+import logging
 import threading
 import typing as t
 
 import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as sa_orm
 import sqlalchemy.sql.util as sa_sql_util
 from sqlalchemy.ext.horizontal_shard import set_shard_id
 from sqlalchemy.ext.horizontal_shard import ShardedQuery
 from sqlalchemy.ext.horizontal_shard import ShardedSession
 
+from .consistency import header_cluster_name
 from .errors import AmbiguousShardError
 from .errors import CrossClusterError
 from .errors import ReadOnlyError
@@ -28,7 +31,9 @@ from .errors import ShardKeyError
 from .errors import UnknownClusterError
 from .errors import UnknownShardError
 from .replicas import Cluster
+from .replicas import cluster_label
 from .routing import _plan
+from .routing import _routes
 from .routing import classify
 from .routing import Intent
 from .routing import Role
@@ -40,6 +45,7 @@ from .sharding import shard_key_of_mapper
 from .sharding import shard_key_of_table
 from .sharding import ShardKey
 from .sharding import ShardMap
+from .signals import routed
 
 if t.TYPE_CHECKING:
     from sqlalchemy.engine import Result
@@ -49,16 +55,10 @@ if t.TYPE_CHECKING:
 #: Execution option that allows an UPDATE or DELETE on every shard.
 ALL_SHARDS: t.Final = "all_shards"
 
+_log = logging.getLogger("flask_partition")
+_DEBUG = logging.DEBUG
+
 _MISSING: t.Any = object()
-
-
-def cluster_label(name: str | None, *, shard: bool = False) -> str:
-    """Name a cluster for messages: ``the default cluster``, ``bind 'x'`` or
-    ``shard 'eu'``.
-    """
-    if name is None:
-        return "the default cluster"
-    return f"shard {name!r}" if shard else f"bind {name!r}"
 
 
 def bind_key_of(table: sa.FromClause) -> str | None:
@@ -90,6 +90,7 @@ class Router:
     :param execute_chooser: Replaces the shards a statement without an
         explicit shard runs on: ``(orm_execute_state) -> [shards]``.
     :param scatter_workers: Threads that query shards at the same time.
+    :param sender: The sender of signals (the Flask app).
 
     .. versionadded:: 0.1.0
     """
@@ -104,6 +105,7 @@ class Router:
         identity_chooser: t.Callable[..., t.Iterable[t.Any]] | None = None,
         execute_chooser: t.Callable[..., t.Iterable[t.Any]] | None = None,
         scatter_workers: int = 8,
+        sender: object = None,
     ) -> None:
         self.clusters = dict(clusters)
         self.default = self.clusters[None]
@@ -126,7 +128,12 @@ class Router:
         self._by_mapper: dict[object, Cluster] = {}
         self._shard_keys: dict[object, ShardKey | None] = {}
         self._nodes: dict[sa.Engine, tuple[str | None, Role, int]] = {}
-        for cluster in [*self.clusters.values(), *self.shards.values()]:
+        self.sender = sender
+        #: Every cluster by name: binds, shards and the default (``None``).
+        self.by_name: dict[str | None, Cluster] = dict(self.clusters)
+        self.by_name.update(self.shards)
+        for cluster in self.by_name.values():
+            cluster.sender = sender
             self._nodes[cluster.primary] = (cluster.name, Role.PRIMARY, 0)
             for index, engine in enumerate(cluster.replicas):
                 self._nodes[engine] = (cluster.name, Role.REPLICA, index)
@@ -301,7 +308,11 @@ class PartitionSession(ShardedSession):
     Writes go to the cluster's primary. Reads go to one replica per cluster
     for the whole session (monotonic reads), except on a cluster the session
     has written to, which is read from its primary until the session is
-    removed, so a session never reads older data than it wrote.
+    removed, so a session never reads older data than it wrote. A request
+    that brings a consistency token reads a cluster only from replicas that
+    have replayed it (see :doc:`/consistency`). A replica that fails is
+    skipped and the read retried on the next one, then on the primary (see
+    :doc:`/replicas`).
 
     With ``PARTITION_SHARDS`` configured, rows of sharded models go to the
     shard of their key; reads without a shard run on every shard at once
@@ -338,6 +349,14 @@ class PartitionSession(ShardedSession):
         #: Names of the clusters this session wrote to: read from primaries.
         self.written_clusters: set[str | None] = set()
         self._replica_of: dict[str | None, sa.Engine] = {}
+        # Clusters whose chosen replica was used more than once, and the
+        # replicas that failed in this session: see _reroute.
+        self._reused: set[str | None] = set()
+        self._failed: set[sa.Engine] = set()
+        # Clusters with consistency tokens written in the open transaction,
+        # and those whose writes committed (taken by the response).
+        self._pending_writes: set[str | None] = set()
+        self.committed_writes: set[str | None] = set()
         self._bulk_shard: str | None = None
         self._scatter_lock: threading.Lock | None = None
         self.shard_chooser = router.shard_chooser or self._choose_shard
@@ -421,9 +440,11 @@ class PartitionSession(ShardedSession):
         plan = _plan.get()
         intent = Intent.WRITE if self._flushing else classify(clause)
         if intent is Intent.READ:
-            if plan.role is Role.PRIMARY or cluster.name in self.written_clusters:
-                return cluster.primary
-            return self._replica(cluster)
+            if plan.role is Role.PRIMARY:
+                return self._routed(cluster, cluster.primary, "use_primary")
+            if cluster.name in self.written_clusters:
+                return self._routed(cluster, cluster.primary, "written by this session")
+            return self._replica(cluster, plan)
         if plan.read_only:
             if intent is Intent.WRITE:
                 raise ReadOnlyError(
@@ -432,21 +453,166 @@ class PartitionSession(ShardedSession):
                     " it only allows reads. Nothing was sent to the database."
                     " Move the write out of the block or use 'use_primary'."
                 )
-            # Raw SQL under use_replica: the user accepted the replica; the
-            # database itself refuses a write there.
-            return self._replica(cluster)
+            return self._raw_on_replica(cluster)
         self.written_clusters.add(cluster.name)
-        return cluster.primary
+        if cluster.token_mode is not None:
+            self._pending_writes.add(cluster.name)
+        return self._routed(
+            cluster, cluster.primary, "write" if intent is Intent.WRITE else "raw SQL"
+        )
 
     def _label(self, cluster: Cluster) -> str:
         return cluster_label(cluster.name, shard=cluster.name in self.router.shards)
 
-    def _replica(self, cluster: Cluster) -> sa.Engine:
-        try:
-            return self._replica_of[cluster.name]
-        except KeyError:
-            engine = self._replica_of[cluster.name] = cluster.choose_replica()
+    def _replica(self, cluster: Cluster, plan: t.Any) -> sa.Engine:
+        """The session's engine for reads of ``cluster``: one replica for
+        the whole session (monotonic reads), chosen on first use among the
+        healthy replicas that have replayed the client's token, else the
+        primary.
+        """
+        name = cluster.name
+        engine = self._replica_of.get(name)
+        positions = plan.positions
+        position = positions.get(name) if positions else None
+        if engine is not None:
+            index = None if position is None else cluster.index_of(engine)
+            if index is None or cluster.reached(index, position):  # type: ignore[arg-type]
+                self._reused.add(name)
+                return self._routed(cluster, engine, "the session's choice")
+        engine, reason = cluster.choose(position, self._failed)
+        self._replica_of[name] = engine
+        self._reused.discard(name)
+        return self._routed(cluster, engine, reason)
+
+    def _raw_on_replica(self, cluster: Cluster) -> sa.Engine:
+        """Raw SQL under use_replica: the user accepted a replica, whose
+        database refuses writes itself. The client's token is not applied
+        (it could send the SQL to the primary); with no usable replica the
+        SQL is refused, since it may write and a primary would accept it.
+        """
+        if not cluster.replicas:
+            # Documented: a cluster without replicas has only its primary.
+            return self._routed(cluster, cluster.primary, "no replicas")
+        engine = self._replica_of.get(cluster.name)
+        reason = "raw SQL under use_replica"
+        if engine is None or engine is cluster.primary:
+            engine, reason = cluster.choose(None, self._failed)
+        if engine is cluster.primary:
+            plan = _plan.get()
+            raise ReadOnlyError(
+                f"Cannot run raw SQL on {self._label(cluster)} inside"
+                f" {plan.pinned_by!r}: {reason}, and the"
+                " primary would accept a write. Nothing was sent to the"
+                " database. Use select() constructs, or run it outside the block."
+            )
+        return self._routed(cluster, engine, "raw SQL under use_replica")
+
+    def _routed(self, cluster: Cluster, engine: sa.Engine, reason: str) -> sa.Engine:
+        """Report a routing decision to the log, the signal and the debug
+        header, for those that listen; return ``engine``.
+        """
+        routes = _routes.get()
+        if routes is None and not routed.receivers and not _log.isEnabledFor(_DEBUG):
             return engine
+        node = cluster.node(engine)
+        _log.debug("%s: %s (%s)", cluster.label, node, reason)
+        if routes is not None:
+            key = (header_cluster_name(cluster.name, shard=cluster.is_shard), node)
+            routes[key] = routes.get(key, 0) + 1
+        if routed.receivers:
+            routed.send(
+                self.router.sender,
+                cluster=cluster.name,
+                role=Role.REPLICA if node != "primary" else Role.PRIMARY,
+                node=node,
+                reason=reason,
+            )
+        return engine
+
+    # -- replica failures --------------------------------------------------
+
+    def _execute_internal(
+        self, statement: t.Any, params: t.Any = None, **kw: t.Any
+    ) -> t.Any:
+        # The one place every Session.execute/scalars/scalar, get(), lazy
+        # load and refresh passes. A read whose replica failed to connect or
+        # lost its connection is run again elsewhere; the statement raised
+        # before returning, so no row reached the caller. Writes go to
+        # primaries, whose errors carry no replica and are never retried.
+        if kw.get("_parent_execute_state") is not None:
+            return super()._execute_internal(statement, params, **kw)
+        while True:
+            try:
+                return super()._execute_internal(statement, params, **kw)
+            except sa_exc.DBAPIError as error:
+                failed = getattr(error, "_partition_replica", None)
+                if failed is None or not self._reroute(failed):
+                    raise
+
+    def rollback(self) -> None:
+        """Roll back, as :meth:`sqlalchemy.orm.Session.rollback`; a replica
+        that died since it was read does not make it fail.
+        """
+        self._release_replicas()
+        super().rollback()
+
+    def _close_impl(self, *args: t.Any, **kw: t.Any) -> None:
+        # close(), reset() and invalidate() all pass here; the scoped
+        # session's remove() at teardown too.
+        self._release_replicas()
+        super()._close_impl(*args, **kw)
+
+    def _release_replicas(self) -> None:
+        """End the session's transactions on replicas, quietly: they only
+        read, and a replica that died since it was read must not fail the
+        commit, rollback or close of the session. Runs before every commit
+        (see ``_before_commit``), rollback and close.
+        """
+        transaction = self._transaction
+        if transaction is None:
+            return
+        nodes = self.router._nodes
+        for level in transaction._iterate_self_and_parents():
+            connections = level._connections
+            for key, entry in list(connections.items()):
+                node = nodes.get(key) if isinstance(key, sa.Engine) else None
+                if node is None or node[1] is not Role.REPLICA:
+                    continue
+                connection = entry[0]
+                connections.pop(key, None)
+                connections.pop(connection, None)
+                try:
+                    connection.close()
+                except sa_exc.DBAPIError:
+                    # Its handle_error already marked the replica down; the
+                    # pool discards the broken connection.
+                    with contextlib.suppress(Exception):
+                        connection.invalidate()
+
+    def _reroute(self, failed: sa.Engine) -> bool:
+        """Move the clusters whose chosen replica is ``failed`` elsewhere.
+
+        A cluster whose replica already answered this session goes to the
+        primary for the rest of the session: another replica may be behind
+        what was already seen. Otherwise the next healthy replica is chosen.
+
+        :return: Whether the statement may be run again.
+        """
+        if failed in self._failed:
+            return False
+        self._failed.add(failed)
+        moved = False
+        for name, engine in list(self._replica_of.items()):
+            if engine is not failed:
+                continue
+            cluster = self.router.by_name[name]
+            if name in self._reused:
+                self._replica_of[name] = cluster.primary
+                self._routed(cluster, cluster.primary, "the session's replica failed")
+            else:
+                del self._replica_of[name]
+            moved = True
+        return moved
 
     # -- the shard choosers (defaults; PartitionDB can replace them) --------
 
@@ -1048,3 +1214,26 @@ def _describe(clause: sa.ClauseElement | None) -> str:
     if isinstance(name, str) and name in ("insert", "update", "delete"):
         return name.upper()
     return f"{type(clause).__name__} statement"
+
+
+@sa.event.listens_for(PartitionSession, "before_commit")
+def _before_commit(session: PartitionSession) -> None:
+    # Also reached by "with session.begin():", which commits the
+    # SessionTransaction without calling Session.commit().
+    transaction = session._transaction
+    if transaction is not None and transaction._parent is None:
+        session._release_replicas()
+
+
+@sa.event.listens_for(PartitionSession, "after_commit")
+def _after_commit(session: PartitionSession) -> None:
+    if session._pending_writes:
+        session.committed_writes |= session._pending_writes
+
+
+@sa.event.listens_for(PartitionSession, "after_transaction_end")
+def _after_transaction_end(
+    session: PartitionSession, transaction: sa_orm.SessionTransaction
+) -> None:
+    if transaction.parent is None and session._pending_writes:
+        session._pending_writes.clear()

@@ -29,6 +29,7 @@ def make_app(tmp_path: t.Any) -> t.Iterator[AppFactory]:
         app = Flask(f"test{len(apps)}", instance_path=str(tmp_path))
         app.config.update(
             TESTING=True,
+            SECRET_KEY="test secret",
             PARTITION_DATABASE_URI="sqlite:///app.db",
             PARTITION_REPLICAS=["sqlite:///app.db"],
             PARTITION_BINDS={"analytics": "sqlite:///analytics.db"},
@@ -78,6 +79,7 @@ def make_pg_app(pg: PostgresTopology) -> t.Iterator[AppFactory]:
         app = Flask(f"pg{len(apps)}")
         app.config.update(
             TESTING=True,
+            SECRET_KEY="test secret",
             PARTITION_DATABASE_URI=pg.primary.url("app"),
             PARTITION_REPLICAS=[r.url("app") for r in pg.replicas],
             PARTITION_BINDS={
@@ -125,6 +127,7 @@ def make_shard_app(tmp_path: t.Any) -> t.Iterator[ShardAppFactory]:
         app = Flask(f"shards{len(apps)}", instance_path=str(tmp_path))
         app.config.update(
             TESTING=True,
+            SECRET_KEY="test secret",
             PARTITION_DATABASE_URI="sqlite:///app.db",
             PARTITION_BINDS={"analytics": "sqlite:///analytics.db"},
             PARTITION_SHARDS={
@@ -158,6 +161,7 @@ def make_pg_shard_app(pg: PostgresTopology) -> t.Iterator[ShardAppFactory]:
         app = Flask(f"pgshards{len(apps)}")
         app.config.update(
             TESTING=True,
+            SECRET_KEY="test secret",
             PARTITION_DATABASE_URI=pg.primary.url("app"),
             PARTITION_REPLICAS=[r.url("app") for r in pg.replicas],
             PARTITION_BINDS={"analytics": pg.primary.url("analytics")},

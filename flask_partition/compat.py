@@ -1,0 +1,661 @@
+"""Flask-SQLAlchemy compatibility: what an application written for
+Flask-SQLAlchemy 3.x needs to keep working after changing one import::
+
+    from flask_partition import PartitionDB as SQLAlchemy
+
+The rest of the package calls into this module at a few points:
+
+-   :func:`read_sqlalchemy_config` is the fallback of
+    :func:`~flask_partition.config.parse_config` for the ``SQLALCHEMY_*``
+    keys;
+-   :class:`SQLAlchemyCompat` is a base class of
+    :class:`~flask_partition.PartitionDB`: ``db.Column`` and the other
+    shortcuts, ``db.Table``, ``db.relationship``, ``db.get_engine``,
+    ``db.bind_names``;
+-   :func:`model_base` turns a Flask-SQLAlchemy style ``model_class`` into
+    ``db.Model``, and :func:`install_query` gives it ``Model.query``;
+-   :class:`Query` is the legacy query class with ``*_or_404`` and
+    ``paginate``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing as t
+import warnings
+
+import sqlalchemy as sa
+import sqlalchemy.exc as sa_exc
+import sqlalchemy.orm as sa_orm
+import sqlalchemy.sql.schema as sa_schema
+from flask import abort
+from sqlalchemy.ext.horizontal_shard import ShardedQuery
+
+from . import config as _config
+from .model import PartitionModel
+from .pagination import Pagination
+from .pagination import resolve_page_args
+from .replicas import Cluster
+from .replicas import make_policy
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+    from .model import MetadataSource
+    from .session import Router
+
+_T = t.TypeVar("_T")
+
+#: Flask-SQLAlchemy's database keys, read when no :data:`PARTITION_KEYS` key
+#: is set.
+SQLALCHEMY_KEYS: t.Final = (
+    "SQLALCHEMY_DATABASE_URI",
+    "SQLALCHEMY_BINDS",
+    "SQLALCHEMY_ENGINE_OPTIONS",
+    "SQLALCHEMY_ECHO",
+)
+#: The ``PARTITION_*`` keys that name databases; they cannot be mixed with
+#: :data:`SQLALCHEMY_KEYS`.
+PARTITION_KEYS: t.Final = (
+    "PARTITION_DATABASE_URI",
+    "PARTITION_REPLICAS",
+    "PARTITION_BINDS",
+    "PARTITION_SHARDS",
+    "PARTITION_ENGINE_OPTIONS",
+)
+# Flask-SQLAlchemy features Flask-Partition does not have, and what is lost.
+_UNSUPPORTED_KEYS = {
+    "SQLALCHEMY_RECORD_QUERIES": "'get_recorded_queries()' is not available",
+    "SQLALCHEMY_TRACK_MODIFICATIONS": (
+        "the 'models_committed' and 'before_models_committed' signals are not sent"
+    ),
+}
+
+
+def _quoted(keys: t.Sequence[str]) -> str:
+    return ", ".join(f"'{key}'" for key in keys)
+
+
+def read_sqlalchemy_config(
+    config: t.Mapping[str, t.Any], instance_path: str | None
+) -> dict[str | None, _config.ClusterConfig] | None:
+    """Read Flask-SQLAlchemy's database keys as Flask-SQLAlchemy 3.x does.
+
+    ``SQLALCHEMY_DATABASE_URI`` is the default cluster's primary, with
+    ``SQLALCHEMY_ENGINE_OPTIONS``. Each ``SQLALCHEMY_BINDS`` value is a URI or
+    a dict ``{"url": ..., **engine_options}``; the global engine options do
+    not apply to binds. ``SQLALCHEMY_ECHO`` sets ``echo`` and ``echo_pool``
+    of every engine that does not set them. MySQL URIs get
+    ``charset=utf8mb4`` and ``pool_recycle=7200`` unless given. There are no
+    replicas and no shards: those need the ``PARTITION_*`` keys.
+
+    :param config: The application's config.
+    :param instance_path: The folder relative SQLite paths are resolved in.
+    :return: The clusters by bind key, without ``None`` when only
+        ``SQLALCHEMY_BINDS`` is set; ``None`` when no ``SQLALCHEMY_*``
+        database key is set, so the ``PARTITION_*`` keys apply.
+    :raises ValueError: When keys of both families are set.
+    :raises RuntimeError: When ``SQLALCHEMY_*`` keys are set but name no
+        database.
+
+    .. versionadded:: 0.1.0
+    """
+    for key, lost in _UNSUPPORTED_KEYS.items():
+        if config.get(key):
+            warnings.warn(
+                f"'{key}' is set, but Flask-Partition does not support it: {lost}."
+                f" Remove '{key}' from the config.",
+                UserWarning,
+                stacklevel=2,
+            )
+    legacy = [key for key in SQLALCHEMY_KEYS if config.get(key) is not None]
+    if not legacy:
+        return None
+    ours = [key for key in PARTITION_KEYS if config.get(key) is not None]
+    if ours:
+        raise ValueError(
+            f"Both Flask-Partition's keys ({_quoted(ours)}) and Flask-SQLAlchemy's"
+            f" keys ({_quoted(legacy)}) are set. Configure the databases with one"
+            " family of keys: the 'PARTITION_*' keys, or the 'SQLALCHEMY_*' keys,"
+            " which are read only when no 'PARTITION_*' database key is set."
+        )
+    echo = config.get("SQLALCHEMY_ECHO")
+    binds = _sqlalchemy_binds(config.get("SQLALCHEMY_BINDS"))
+    uri = config.get("SQLALCHEMY_DATABASE_URI")
+    if uri is not None:
+        # As in Flask-SQLAlchemy, the URI and the global options win over a
+        # None key of SQLALCHEMY_BINDS.
+        options = binds[None][2] if None in binds else {}
+        options.update(
+            _config._options(
+                config.get("SQLALCHEMY_ENGINE_OPTIONS"), "SQLALCHEMY_ENGINE_OPTIONS"
+            )
+        )
+        binds[None] = ("SQLALCHEMY_DATABASE_URI", uri, options)
+    if not binds:
+        raise RuntimeError(
+            "No database is configured: 'SQLALCHEMY_DATABASE_URI' is not set and"
+            " 'SQLALCHEMY_BINDS' names no database. Set 'SQLALCHEMY_DATABASE_URI'"
+            " to the URI of the default database, for example 'sqlite:///app.db'."
+        )
+    clusters: dict[str | None, _config.ClusterConfig] = {}
+    # The default cluster first, then the binds in their order.
+    for name in sorted(binds, key=lambda name: name is not None):
+        key, value, options = binds[name]
+        url = _mysql_defaults(_config._url(value, key, instance_path), options)
+        if echo is not None:
+            options.setdefault("echo", echo)
+            options.setdefault("echo_pool", echo)
+        clusters[name] = _config._cluster(name, url, (), options, key)
+    return clusters
+
+
+def _sqlalchemy_binds(
+    value: object,
+) -> dict[str | None, tuple[str, object, dict[str, t.Any]]]:
+    """Return each bind's config key, URI and engine options."""
+    if value is None:
+        return {}
+    if not isinstance(value, t.Mapping):
+        raise TypeError(
+            "'SQLALCHEMY_BINDS' must be a dict of bind names to database URIs or"
+            f" dicts with a 'url' key, got {_config.mask_uri(value)!r}."
+        )
+    binds: dict[str | None, tuple[str, object, dict[str, t.Any]]] = {}
+    for name, item in value.items():
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(
+                f"'SQLALCHEMY_BINDS' keys must be non-empty strings, got {name!r}."
+            )
+        key = f"SQLALCHEMY_BINDS[{name!r}]"
+        if isinstance(item, (str, sa.URL)):
+            binds[name] = (key, item, {})
+        elif isinstance(item, t.Mapping):
+            if item.get("url") is None:
+                raise ValueError(
+                    f"{key} has no 'url'. A dict value is the engine options"
+                    " with the database URI under 'url'."
+                )
+            options = {k: v for k, v in item.items() if k != "url"}
+            binds[name] = (f"{key}['url']", item["url"], options)
+        else:
+            raise TypeError(
+                f"{key} must be a database URI or a dict with a 'url' key, got"
+                f" {_config.mask_uri(item)!r}."
+            )
+    return binds
+
+
+def _mysql_defaults(url: sa.URL, options: dict[str, t.Any]) -> sa.URL:
+    """Apply Flask-SQLAlchemy's MySQL defaults: 4-byte UTF-8 and connections
+    recycled before MySQL's 8-hour timeout closes them.
+    """
+    if not url.drivername.startswith("mysql"):
+        return url
+    if options.get("poolclass", sa.pool.QueuePool) is sa.pool.QueuePool:
+        options.setdefault("pool_recycle", 7200)
+    if "charset" not in url.query:
+        url = url.update_query_dict({"charset": "utf8mb4"})
+    return url
+
+
+def with_engine_defaults(
+    topology: _config.Topology, defaults: t.Mapping[str, t.Any]
+) -> _config.Topology:
+    """Put ``PartitionDB(engine_options=...)`` under every cluster's own
+    engine options.
+
+    :param topology: What :func:`~flask_partition.config.parse_config` read.
+    :param defaults: The options given to the extension.
+    """
+    if not defaults:
+        return topology
+
+    def apply(cluster: _config.ClusterConfig) -> _config.ClusterConfig:
+        options = {**defaults, **cluster.engine_options}
+        return dataclasses.replace(
+            cluster, engine_options=types.MappingProxyType(options)
+        )
+
+    return dataclasses.replace(
+        topology,
+        clusters=types.MappingProxyType(
+            {name: apply(c) for name, c in topology.clusters.items()}
+        ),
+        shards=types.MappingProxyType(
+            {name: apply(c) for name, c in topology.shards.items()}
+        ),
+    )
+
+
+_NO_DEFAULT = (
+    "No default database is configured: 'SQLALCHEMY_BINDS' is set but"
+    " 'SQLALCHEMY_DATABASE_URI' is not. Give the model or table a"
+    " '__bind_key__' from 'SQLALCHEMY_BINDS', pass"
+    " bind_arguments={'bind_key': ...} for raw SQL, or set"
+    " 'SQLALCHEMY_DATABASE_URI'."
+)
+
+
+def no_default_error() -> sa_exc.UnboundExecutionError:
+    """The error for using the default cluster when only binds are set."""
+    return sa_exc.UnboundExecutionError(_NO_DEFAULT)
+
+
+def no_default_cluster() -> Cluster:
+    """Stand in for the default cluster when only ``SQLALCHEMY_BINDS`` is
+    set (the router needs one): its engine never connects, and raises
+    :func:`no_default_error` instead.
+    """
+
+    def refuse() -> t.NoReturn:
+        raise no_default_error()
+
+    engine = sa.create_engine("sqlite://", creator=refuse, poolclass=sa.pool.NullPool)
+    return Cluster(None, engine, [], make_policy("round_robin"))
+
+
+class Query(ShardedQuery[_T]):
+    """The legacy :class:`~sqlalchemy.orm.Query` of ``Model.query``,
+    ``db.session.query()`` and ``lazy="dynamic"`` relationships, with
+    Flask-SQLAlchemy's helpers.
+
+    It is a :class:`~sqlalchemy.ext.horizontal_shard.ShardedQuery`, so
+    ``set_shard()`` works too. Prefer ``db.session.execute(select(...))`` in
+    new code.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def get_or_404(self, ident: t.Any, description: str | None = None) -> _T:
+        """Like :meth:`~sqlalchemy.orm.Query.get` (which SQLAlchemy warns is
+        legacy), but abort with 404 instead of returning ``None``.
+
+        :param ident: The primary key.
+        :param description: The 404 error's description.
+        """
+        value = self.get(ident)
+        if value is None:
+            abort(404, description=description)
+        return value
+
+    def first_or_404(self, description: str | None = None) -> _T:
+        """Like :meth:`~sqlalchemy.orm.Query.first`, but abort with 404
+        instead of returning ``None``.
+
+        :param description: The 404 error's description.
+        """
+        value = self.first()
+        if value is None:
+            abort(404, description=description)
+        return value
+
+    def one_or_404(self, description: str | None = None) -> _T:
+        """Like :meth:`~sqlalchemy.orm.Query.one`, but abort with 404 when
+        there is no row or more than one.
+
+        :param description: The 404 error's description.
+        """
+        try:
+            return self.one()
+        except (sa_exc.NoResultFound, sa_exc.MultipleResultsFound):
+            abort(404, description=description)
+
+    def paginate(
+        self,
+        *,
+        page: int | None = None,
+        per_page: int | None = None,
+        max_per_page: int | None = None,
+        error_out: bool = True,
+        count: bool = True,
+    ) -> Pagination:
+        """Return one page of this query's results; the arguments are those
+        of :meth:`~flask_partition.PartitionDB.paginate`.
+        """
+        page, per_page = resolve_page_args(page, per_page, max_per_page, error_out)
+        pagination = QueryPagination(
+            self, page=page, per_page=per_page, count=count, max_per_page=max_per_page
+        )
+        if error_out and page > 1 and not pagination.items:
+            abort(404)
+        return pagination
+
+
+class QueryPagination(Pagination):
+    """A page of a legacy :class:`Query`, made by :meth:`Query.paginate`.
+
+    :param query: The query to paginate.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        query: sa_orm.Query[t.Any],
+        *,
+        page: int,
+        per_page: int,
+        count: bool = True,
+        max_per_page: int | None = None,
+    ) -> None:
+        self._query = query
+        # The base class's session and select are only used by the methods
+        # overridden here; an empty select stands in for the statement.
+        super().__init__(
+            query.session,
+            sa.select(),
+            page=page,
+            per_page=per_page,
+            count=count,
+            max_per_page=max_per_page,
+        )
+
+    def _query_items(self) -> list[t.Any]:
+        offset = (self.page - 1) * self.per_page
+        return self._query.limit(self.per_page).offset(offset).all()
+
+    def _query_count(self) -> int:
+        return self._query.order_by(None).count()
+
+    def _at_page(self, page: int, per_page: int) -> Pagination:
+        return QueryPagination(
+            self._query,
+            page=page,
+            per_page=per_page,
+            count=False,
+            max_per_page=self.max_per_page,
+        )
+
+
+class _QueryProperty:
+    """``Model.query``: a :class:`Query` for the model in ``db.session``."""
+
+    def __get__(self, obj: object, cls: type[t.Any]) -> Query[t.Any]:
+        db = t.cast("SQLAlchemyCompat", cls.__partition_metadata__)
+        return t.cast("Query[t.Any]", cls.query_class(cls, session=db.session()))
+
+
+class FlaskModel:
+    """What Flask-SQLAlchemy's ``Model`` adds to every model: the legacy
+    ``query`` attribute and a ``repr`` showing the primary key.
+
+    ``db.Model`` includes it unless ``model_class`` is a base declared with
+    :class:`~flask_partition.PartitionModel`.
+
+    .. versionadded:: 0.1.0
+    """
+
+    #: The class of :attr:`query`: ``db.Query``, :class:`Query` by default.
+    query_class: t.ClassVar[type[Query[t.Any]]] = Query
+    #: ``Model.query``, as ``db.session.query(Model)``. Legacy; prefer
+    #: ``db.session.execute(db.select(Model))``.
+    query: t.ClassVar[Query[t.Any]]
+
+    def __repr__(self) -> str:
+        state = sa.inspect(self)
+        if state.transient:
+            ident = f"(transient {id(self)})"
+        elif state.pending:
+            ident = f"(pending {id(self)})"
+        else:
+            ident = ", ".join(str(value) for value in state.identity or ())
+        return f"<{type(self).__name__} {ident}>"
+
+
+def model_base(
+    model_class: type[t.Any] | None, metadata: sa.MetaData | None
+) -> type[sa_orm.DeclarativeBase]:
+    """Return the declarative base that becomes ``db.Model``.
+
+    -   ``None``: a new base with :class:`FlaskModel`, using ``metadata``.
+    -   A base declared with :class:`~flask_partition.PartitionModel`: used
+        as it is.
+    -   A direct subclass of :class:`~sqlalchemy.orm.DeclarativeBase` or
+        :class:`~sqlalchemy.orm.DeclarativeBaseNoMeta`: rebuilt from its
+        body with :class:`~flask_partition.PartitionModel` and
+        :class:`FlaskModel` added, as Flask-SQLAlchemy 3.1 does; its
+        ``metadata`` and ``type_annotation_map`` are kept (a
+        ``type_annotation_map`` gets a new registry, since SQLAlchemy
+        refuses one next to an existing ``registry``).
+    -   Any other class: a mixin of every model, as Flask-SQLAlchemy's
+        ``model_class``; ``metadata`` is used.
+
+    :param model_class: The ``model_class`` argument of the extension.
+    :param metadata: The ``metadata`` argument of the extension.
+    :raises TypeError: For a base made with ``declarative_base()`` or
+        ``DeclarativeMeta``, or an indirect subclass of a declarative base.
+    """
+    if model_class is not None and issubclass(model_class, PartitionModel):
+        return t.cast("type[sa_orm.DeclarativeBase]", model_class)
+    declarative = (sa_orm.DeclarativeBase, sa_orm.DeclarativeBaseNoMeta)
+    if model_class is None or not issubclass(model_class, declarative):
+        if isinstance(model_class, sa_orm.DeclarativeMeta):
+            raise TypeError(
+                f"'model_class' {model_class.__name__!r} is a 'declarative_base()'"
+                " class, which Flask-Partition cannot extend. Declare it as"
+                f" 'class {model_class.__name__}(DeclarativeBase)', or pass its"
+                " methods as a plain mixin class."
+            )
+        mixins = () if model_class is None else (model_class,)
+        namespace = {
+            "metadata": metadata if metadata is not None else sa.MetaData(),
+            "__module__": __name__,
+        }
+        return t.cast(
+            "type[sa_orm.DeclarativeBase]",
+            type(
+                "Model",
+                (PartitionModel, *mixins, FlaskModel, sa_orm.DeclarativeBase),
+                namespace,
+            ),
+        )
+    if not any(base in declarative for base in model_class.__bases__):
+        raise TypeError(
+            f"'model_class' {model_class.__name__!r} must subclass 'DeclarativeBase'"
+            " directly. Pass the base class itself, not a subclass of it."
+        )
+    skip = {"__dict__", "__weakref__"}
+    if "type_annotation_map" in model_class.__dict__:
+        # SQLAlchemy made this registry from the map; let it make another.
+        skip |= {"registry", "_sa_registry"}
+    body = {
+        name: value for name, value in model_class.__dict__.items() if name not in skip
+    }
+    return t.cast(
+        "type[sa_orm.DeclarativeBase]",
+        types.new_class(
+            model_class.__name__,
+            (PartitionModel, FlaskModel, *model_class.__bases__),
+            {"metaclass": type(model_class)},
+            lambda namespace: namespace.update(body),
+        ),
+    )
+
+
+def install_query(base: type[t.Any], query_class: type[Query[t.Any]]) -> None:
+    """Give every model of ``base`` Flask-SQLAlchemy's ``Model.query``.
+
+    :param base: ``db.Model``.
+    :param query_class: ``db.Query``.
+    """
+    base.query_class = query_class
+    base.query = _QueryProperty()
+
+
+class Table(sa.Table):
+    """A :class:`~sqlalchemy.schema.Table` whose metadata may be left out,
+    as ``db.Table`` of Flask-SQLAlchemy: ``bind_key`` then chooses the
+    bind's metadata (``None``, the default, for the default cluster)::
+
+        post_tag = db.Table(
+            "post_tag",
+            db.Column("post_id", db.ForeignKey("post.id"), primary_key=True),
+            db.Column("tag_id", db.ForeignKey("tag.id"), primary_key=True),
+        )
+
+    With a metadata as second argument it is a plain ``Table``. Use it as
+    ``db.Table``; each extension has its own subclass.
+
+    .. versionadded:: 0.1.0
+    """
+
+    _metadata_source: t.ClassVar[MetadataSource]
+    inherit_cache = True
+
+    @t.overload
+    def __init__(
+        self,
+        name: str,
+        *args: sa_schema.SchemaItem,
+        bind_key: str | None = None,
+        **kwargs: t.Any,
+    ) -> None: ...
+
+    @t.overload
+    def __init__(
+        self,
+        name: str,
+        metadata: sa.MetaData,
+        *args: sa_schema.SchemaItem,
+        **kwargs: t.Any,
+    ) -> None: ...
+
+    def __init__(self, name: str, *args: t.Any, **kwargs: t.Any) -> None:
+        # __new__ built the table; Python calls __init__ again with the
+        # original arguments, which Table ignores (its _no_init default).
+        kwargs.pop("bind_key", None)
+        super().__init__(name, *args, **kwargs)
+
+    def __new__(
+        cls, *args: t.Any, bind_key: str | None = None, **kwargs: t.Any
+    ) -> t.Any:
+        if args and not (len(args) > 1 and isinstance(args[1], sa.MetaData)):
+            metadata = cls._metadata_source._metadata_for(bind_key)
+            args = (args[0], metadata, *args[1:])
+        return super().__new__(cls, *args, **kwargs)
+
+
+# SQLAlchemyCompat's attributes Query and Table hide these names in its body.
+_Query = Query
+_Table = Table
+
+
+class SQLAlchemyCompat:
+    """Flask-SQLAlchemy's ``SQLAlchemy`` API beyond what
+    :class:`~flask_partition.PartitionDB` defines itself; its base class.
+
+    Names of :mod:`sqlalchemy` and :mod:`sqlalchemy.orm` are available as
+    attributes: ``db.Column``, ``db.Integer``, ``db.String``,
+    ``db.ForeignKey``, ``db.select``, ``db.case``, ``db.func`` and so on, and
+    ``db.event`` is :mod:`sqlalchemy.event`. Type checkers see them as
+    ``Any``; import them from SQLAlchemy for precise types.
+
+    .. versionadded:: 0.1.0
+    """
+
+    #: The legacy query class of ``Model.query``, ``db.session.query()`` and
+    #: dynamic relationships; the ``query_class`` argument, :class:`Query`
+    #: by default.
+    Query: type[_Query[t.Any]]
+    #: A :class:`Table` that picks the metadata of its ``bind_key``.
+    Table: type[_Table]
+
+    if t.TYPE_CHECKING:
+        session: sa_orm.scoped_session[t.Any]
+
+        def get_router(self, app: Flask | None = None) -> Router: ...
+
+        @property
+        def engines(self) -> t.Mapping[str | None, sa.Engine]: ...
+
+    def _init_compat(self, query_class: type[_Query[t.Any]]) -> None:
+        self.Query = query_class
+        self.Table = t.cast(
+            "type[_Table]",
+            type(
+                "Table", (_Table,), {"_metadata_source": self, "__module__": __name__}
+            ),
+        )
+
+    def get_engine(self, bind_key: str | None = None, **kwargs: t.Any) -> sa.Engine:
+        """Return the primary engine of ``bind_key`` for the current app, as
+        Flask-SQLAlchemy's deprecated ``get_engine`` (Flask-Migrate's
+        templates call it). Prefer :attr:`engines`.
+
+        :param bind_key: The bind key, ``None`` for the default cluster.
+        :param kwargs: ``bind=`` is accepted for ``bind_key``.
+        :raises UnknownClusterError: When the bind is not configured.
+        """
+        if "bind" in kwargs:
+            bind_key = kwargs.pop("bind")
+        if kwargs:
+            raise TypeError(
+                f"'get_engine' got unexpected arguments {', '.join(map(repr, kwargs))}."
+            )
+        engines = self.engines
+        if bind_key in engines:
+            return engines[bind_key]
+        if bind_key is None:
+            raise no_default_error()
+        return self.get_router().cluster(bind_key).primary
+
+    def bind_names(self) -> list[str]:
+        """Return the current app's bind keys, without ``None``. Flask-Migrate's
+        multi-database template calls it when ``SQLALCHEMY_BINDS`` is not set.
+        """
+        return [name for name in self.engines if name is not None]
+
+    def relationship(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        """:func:`sqlalchemy.orm.relationship`, with :attr:`Query` as the
+        query class of ``lazy="dynamic"`` relationships and their backrefs.
+        """
+        return sa_orm.relationship(*args, **self._with_query_class(kwargs))
+
+    def dynamic_loader(self, argument: t.Any, **kwargs: t.Any) -> t.Any:
+        """:func:`sqlalchemy.orm.dynamic_loader`, with :attr:`Query` as the
+        query class.
+        """
+        return sa_orm.dynamic_loader(argument, **self._with_query_class(kwargs))
+
+    def _with_query_class(self, kwargs: dict[str, t.Any]) -> dict[str, t.Any]:
+        kwargs.setdefault("query_class", self.Query)
+        backref = kwargs.get("backref")
+        if backref is not None:
+            name, options = (backref, {}) if isinstance(backref, str) else backref
+            kwargs["backref"] = (name, {"query_class": self.Query, **options})
+        return kwargs
+
+    def __getattr__(self, name: str) -> t.Any:
+        if name == "event":
+            return sa.event
+        if name == "relation":
+            return self.relationship
+        if not name.startswith("_"):
+            for module in (sa, sa_orm):
+                if hasattr(module, name):
+                    return getattr(module, name)
+        raise AttributeError(
+            f"{type(self).__name__!r} object has no attribute {name!r}"
+        )
+
+
+def shell_context(
+    db: SQLAlchemyCompat, base: type[t.Any]
+) -> t.Callable[[], dict[str, t.Any]]:
+    """Return a shell context processor adding ``db`` and every model to
+    ``flask shell``, as Flask-SQLAlchemy's ``add_models_to_shell`` does.
+
+    :param db: The extension.
+    :param base: ``db.Model``.
+    """
+
+    def processor() -> dict[str, t.Any]:
+        names: dict[str, t.Any] = {
+            mapper.class_.__name__: mapper.class_ for mapper in base.registry.mappers
+        }
+        names["db"] = db
+        return names
+
+    return processor

@@ -1,0 +1,157 @@
+"""Read-your-writes across requests: consistency tokens.
+
+After a request commits a write to a cluster with replicas, the response
+carries a signed token holding that cluster's primary position (PostgreSQL:
+``pg_current_wal_insert_lsn()`` read after the commit; other databases: the
+commit time). A later request that brings the token back reads that cluster
+from a replica only if the replica has replayed past the position.
+"""
+
+from __future__ import annotations
+
+import math
+import typing as t
+
+from itsdangerous import BadData
+from itsdangerous import URLSafeTimedSerializer
+
+from .config import ConsistencySettings
+from .config import Topology
+from .replicas import cluster_label
+
+#: The request and response header that carries the token for API clients.
+TOKEN_HEADER: t.Final = "X-Partition-Token"
+#: The response header that shows where a request's statements went
+#: (``PARTITION_DEBUG_HEADER``).
+ROUTE_HEADER: t.Final = "X-Partition-Route"
+
+_SALT = "flask-partition.consistency"
+# A token names a few clusters; anything longer is not ours.
+_MAX_TOKEN_LENGTH = 4096
+_CACHE_SIZE = 2048
+
+Positions = dict[str | None, float]
+
+
+def token_modes(topology: Topology) -> dict[str | None, str]:
+    """Return how each cluster with replicas records token positions.
+
+    ``"auto"`` gives PostgreSQL clusters LSN tokens and other databases
+    time tokens, except SQLite, whose "replica" is the primary's own file and
+    cannot lag. ``"lsn"`` requires PostgreSQL; ``"time"`` applies to all.
+
+    :param topology: The parsed configuration.
+    :raises ValueError: ``"lsn"`` with a cluster that is not PostgreSQL.
+    """
+    mode = topology.consistency.mode
+    modes: dict[str | None, str] = {}
+    if mode == "off":
+        return modes
+    for config in [*topology.clusters.values(), *topology.shards.values()]:
+        if not config.replicas:
+            continue
+        backend = config.primary.get_backend_name()
+        if mode == "time":
+            modes[config.name] = "time"
+        elif backend == "postgresql":
+            modes[config.name] = "lsn"
+        elif mode == "lsn":
+            label = cluster_label(config.name, shard=config.is_shard)
+            raise ValueError(
+                f"'PARTITION_CONSISTENCY' is 'lsn', but {label} uses"
+                f" {backend!r}; LSN tokens need PostgreSQL. Use 'auto' (time"
+                " tokens for other databases) or 'time'."
+            )
+        elif backend != "sqlite":
+            modes[config.name] = "time"
+    return modes
+
+
+class TokenCodec:
+    """Sign, verify and parse consistency tokens.
+
+    A token is a list of ``[cluster, position]`` pairs signed with
+    :mod:`itsdangerous` (with a timestamp, so it expires after ``max_age``).
+    A token that was forged, truncated, expired or malformed reads as
+    ``None``, never as an error. Verified tokens are cached by their text, so
+    a client that sends the same token again costs a dict lookup.
+
+    :param settings: The secret keys (newest last) and the maximum age.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, settings: ConsistencySettings) -> None:
+        self.max_age = settings.max_age
+        self._serializer = URLSafeTimedSerializer(
+            list(settings.secret_keys),  # type: ignore[arg-type]
+            salt=_SALT,
+        )
+        self._cache: dict[str, tuple[float, Positions]] = {}
+
+    def dumps(self, positions: t.Mapping[str | None, float]) -> str:
+        """Return the signed token text for ``positions``."""
+        return self._serializer.dumps(
+            [[name, position] for name, position in positions.items()]
+        )
+
+    def loads(self, text: str | None, now: float) -> Positions | None:
+        """Return the positions in a token, or ``None`` if it is not valid.
+
+        :param text: The token from the header or cookie.
+        :param now: The current :func:`time.time`, to check the age.
+        """
+        if not text or len(text) > _MAX_TOKEN_LENGTH:
+            return None
+        cached = self._cache.get(text)
+        if cached is not None:
+            issued, positions = cached
+            return positions if now - issued <= self.max_age else None
+        try:
+            payload, issued = self._serializer.loads(
+                text, max_age=math.ceil(self.max_age), return_timestamp=True
+            )
+        except (BadData, ValueError, TypeError):
+            return None
+        parsed = _parse(payload)
+        if parsed is None or now - issued.timestamp() > self.max_age:
+            return None
+        if len(self._cache) >= _CACHE_SIZE:
+            self._cache.clear()
+        self._cache[text] = (issued.timestamp(), parsed)
+        return parsed
+
+
+def _parse(payload: object) -> Positions | None:
+    if not isinstance(payload, list):
+        return None
+    positions: Positions = {}
+    for item in payload:
+        if not (isinstance(item, list) and len(item) == 2):
+            return None
+        name, position = item
+        if not (name is None or isinstance(name, str)):
+            return None
+        if isinstance(position, bool) or not isinstance(position, (int, float)):
+            return None
+        if not (math.isfinite(position) and position >= 0):
+            return None
+        positions[name] = position
+    return positions
+
+
+def describe_routes(routes: t.Mapping[tuple[str, str], int]) -> str:
+    """Format the debug header: ``default/replica[0] x2, bind:audit/primary x1``.
+
+    :param routes: Counts by (cluster, node).
+    """
+    return ", ".join(
+        f"{cluster}/{node} x{count}" for (cluster, node), count in routes.items()
+    )
+
+
+def header_cluster_name(name: str | None, *, shard: bool) -> str:
+    """Name a cluster in the debug header: ``default``, ``bind:x``, ``shard:x``."""
+    if name is None:
+        return "default"
+    return f"shard:{name}" if shard else f"bind:{name}"
