@@ -383,13 +383,21 @@ def _targets(
     """
     db = _db()
     router = db.get_router()
+    # The configured clusters: with only Flask-SQLAlchemy's binds there is
+    # no default cluster, though the router holds a stand-in for it.
+    configured = db.engines
     everything = not (default or binds or shards)
-    keys: list[str | None] = list(router.clusters) if everything else []
+    keys: list[str | None] = list(configured) if everything else []
     if default:
+        if None not in configured:
+            raise click.BadParameter(
+                "The default cluster is not configured: only binds are.",
+                param_hint="'--default'",
+            )
         keys.append(None)
     for name in binds:
-        if name not in router.clusters:
-            known = ", ".join(repr(k) for k in router.clusters if k is not None)
+        if name not in configured:
+            known = ", ".join(repr(k) for k in configured if k is not None)
             raise click.BadParameter(
                 f"Bind {name!r} is not configured. Configured binds:"
                 f" {known or 'none'}.",
@@ -410,7 +418,7 @@ def _targets(
         _Target(
             "the default cluster" if key is None else f"bind {key!r}",
             metadatas[key],
-            router.clusters[key].primary,
+            configured[key],
             bind=key,
         )
         for key in dict.fromkeys(keys)
@@ -435,12 +443,19 @@ def _unconfigured(everything: bool) -> list[str]:
         return []
     db = _db()
     router = db.get_router()
-    problems = [
-        f"bind {key!r} (tables {', '.join(repr(n) for n in metadata.tables)}) is"
-        " not configured; add it to 'PARTITION_BINDS'."
-        for key, metadata in db.metadatas.items()
-        if metadata.tables and key not in router.clusters
-    ]
+    configured = db.engines
+    problems = []
+    for key, metadata in db.metadatas.items():
+        if not metadata.tables or key in configured:
+            continue
+        tables = ", ".join(repr(name) for name in metadata.tables)
+        if key is None:
+            where, config_key = "the default cluster", "PARTITION_DATABASE_URI"
+        else:
+            where, config_key = f"bind {key!r}", "PARTITION_BINDS"
+        problems.append(
+            f"{where} (tables {tables}) is not configured; add it to {config_key!r}."
+        )
     if db.shard_metadata.tables and not router.shards:
         names = ", ".join(repr(n) for n in db.shard_metadata.tables)
         problems.append(

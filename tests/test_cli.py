@@ -23,6 +23,7 @@ from flask_partition import PartitionDB
 from flask_partition import PartitionModel
 from flask_partition.routing import Role
 from partition_models import AppFactory
+from partition_models import db
 from shard_models import Order
 from shard_models import sdb
 from shard_models import ShardAppFactory
@@ -327,6 +328,39 @@ def test_models_of_unconfigured_clusters_are_reported(tmp_path: t.Any) -> None:
         assert run(app, "create-all", "--default").exit_code == 0
     finally:
         for engine in archive_db.get_router(app).engines():
+            engine.dispose()
+
+
+def test_flask_sqlalchemy_binds_only(tmp_path: t.Any) -> None:
+    """With only ``SQLALCHEMY_BINDS`` there is no default cluster: the
+    commands leave it out and report the models that need it.
+    """
+    app = Flask("binds_only", instance_path=str(tmp_path))
+    app.config["SQLALCHEMY_BINDS"] = {"analytics": "sqlite:///analytics.db"}
+    db.init_app(app)
+    try:
+        result = run(app, "create-all")
+        assert result.exit_code == cli.EXIT_FAILED
+        assert result.stdout.splitlines() == [
+            f"bind 'analytics' (sqlite:///{tmp_path}/analytics.db): created 1"
+            " table: event"
+        ]
+        assert result.stderr.splitlines() == [
+            "Error: the default cluster (tables 'author', 'book') is not"
+            " configured; add it to 'PARTITION_DATABASE_URI'."
+        ]
+        result = run(app, "create-all", "--default")
+        assert result.exit_code == cli.EXIT_USAGE
+        assert "The default cluster is not configured: only binds are." in (
+            result.stderr
+        )
+        assert run(app, "drop-all", "--bind", "analytics", "--yes").exit_code == 0
+        status = json.loads(run(app, "status", "--json").stdout)
+        assert [(n["cluster"], n["role"]) for n in status["nodes"]] == [
+            ("analytics", "primary")
+        ]
+    finally:
+        for engine in db.get_router(app).engines():
             engine.dispose()
 
 
