@@ -189,23 +189,18 @@ def place_order(customer_id: int, quantities: t.Mapping[int, int]) -> Order:
 
 
 def find_order(customer_id: int, order_id: uuid.UUID) -> Order | None:
-    """Load an order by its customer and id, from the customer's shard.
+    """Load an order and its lines by its customer and id.
 
-    The shard key in the ``WHERE`` sends the query to one shard's replica.
-    An order placed a moment ago may not have reached that replica yet, so a
-    miss is asked again on the shard's primary. The lines are loaded with
-    the order, inside the block: a lazy load later would go to the replica.
+    The shard key in the ``WHERE`` sends the query to the customer's shard
+    only: its replica, or its primary while the client's consistency token
+    says the replica has not replayed the client's own writes yet.
     """
     query = (
         sa.select(Order)
         .where(Order.customer_id == customer_id, Order.id == order_id)
         .options(sa_orm.selectinload(Order.lines))
     )
-    order = db.session.scalars(query).first()
-    if order is None:
-        with use_primary():
-            order = db.session.scalars(query).first()
-    return order
+    return db.session.scalars(query).first()
 
 
 def orders_of(customer_id: int, limit: int = 50) -> list[Order]:

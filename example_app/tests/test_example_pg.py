@@ -28,6 +28,7 @@ from example_app.tests.shop_support import copy_example
 from example_app.tests.shop_support import dispose
 from example_app.tests.shop_support import flask_command
 from example_app.tests.shop_support import require_postgres
+from flask_partition import TOKEN_HEADER
 from flask_partition.routing import Role
 from flask_partition.testing import PostgresNode
 from flask_partition.testing import PostgresTopology
@@ -91,38 +92,45 @@ def customer_id_on(pg_app: Flask, shard: str) -> int:
 def test_shopping_with_paused_replicas(
     shop_pg: PostgresTopology, pg_app: Flask
 ) -> None:
+    """A shopper's browser reads its own writes on the next pages (its
+    consistency token sends those reads to the primaries), while another
+    visitor reads the paused replicas and sees none of it.
+    """
     pg = shop_pg
     assert pg.primary is not None
-    client = pg_app.test_client()
+    browser = pg_app.test_client()  # keeps cookies: the token travels
+    stranger = pg_app.test_client()
     pg.pause_replay(*every_replica(pg))
 
     # Sign up: written to the primaries; the replicas do not have it.
-    assert client.post("/customers", data={"name": "Ada"}).status_code == 302
+    assert browser.post("/customers", data={"name": "Ada"}).status_code == 302
     ((ada,),) = pg.primary.query("SELECT id FROM customer", database="app")
     with pg_app.app_context():
         shard = shop.shard_of_customer(ada)
-    index = client.get("/").get_data(as_text=True)
-    assert "No customers yet." in index  # a replica answered
-    assert client.get(f"/customers/{ada}").status_code == 404  # likewise
+    assert "Customer Ada added." in browser.get("/").get_data(as_text=True)
+    assert browser.get(f"/customers/{ada}").status_code == 200
+    assert "No customers yet." in stranger.get("/").get_data(as_text=True)
+    assert stranger.get(f"/customers/{ada}").status_code == 404
 
-    # The checkout form reads replicas; checkout itself the primaries: it
-    # finds the new customer, and the stock the replica does not show.
+    # The stranger's checkout form reads the replica: no Ada, stale stock.
+    # The checkout itself runs on the primaries and sees both.
     pg.primary.query("UPDATE product SET stock = 1 WHERE id = 1", database="app")
-    form = client.get("/checkout").get_data(as_text=True)
+    form = stranger.get("/checkout").get_data(as_text=True)
     assert "Ada" not in form and 'max="40"' in form
-    refused = client.post("/checkout", data={"customer_id": ada, "qty-1": "2"})
+    refused = browser.post("/checkout", data={"customer_id": ada, "qty-1": "2"})
     assert refused.status_code == 409
     assert "Only 1 of &#39;Espresso beans, 1 kg&#39; left." in refused.get_data(
         as_text=True
     )
     with RoutingRecorder(db, pg_app) as log:
-        placed = client.post("/checkout", data={"customer_id": ada, "qty-1": "1"})
+        placed = browser.post("/checkout", data={"customer_id": ada, "qty-1": "1"})
     assert placed.status_code == 302
     assert {s.role for s in log.statements} == {Role.PRIMARY}
     assert {s.cluster for s in log.statements} == {None, "audit", shard}
-    order_id = uuid.UUID(placed.headers["Location"].rsplit("/", 1)[1])
+    order_page = placed.headers["Location"]
+    order_id = uuid.UUID(order_page.rsplit("/", 1)[1])
 
-    # The order is on its shard's primary only; its replica lags behind.
+    # The order is on its shard's primary only; the shard's replica lags.
     primary = pg.shards[shard].primary
     other = pg.shards["us" if shard == "eu" else "eu"].primary
     query = 'SELECT id FROM "order"'
@@ -130,27 +138,60 @@ def test_shopping_with_paused_replicas(
     assert other.query(query, database="app") == []
     assert pg.shards[shard].replicas[0].query(query, database="app") == []
 
-    # The order page misses on the replica and asks the primary.
+    # The redirect: the browser's token names the shard, so its primary
+    # answers; the stranger asks the replica and finds nothing.
     with RoutingRecorder(db, pg_app) as log:
-        page = client.get(placed.headers["Location"])
+        page = browser.get(order_page)
     assert page.status_code == 200
     assert "Espresso beans, 1 kg" in page.get_data(as_text=True)
-    assert log.roles(shard)[:2] == [Role.REPLICA, Role.PRIMARY]
+    # The replica was asked how far it has replayed; it is behind the
+    # token, so the order and its lines came from the shard's primary.
+    probes = [s for s in log.statements if "pg_last_wal_replay_lsn" in s.sql]
+    reads = [s for s in log.statements if s not in probes]
+    assert {(s.cluster, s.role) for s in probes} == {(shard, Role.REPLICA)}
+    assert [(s.cluster, s.role) for s in reads] == [(shard, Role.PRIMARY)] * 2
+    assert stranger.get(order_page).status_code == 404
 
-    # The read-only report sees what the replicas have replayed: nothing.
-    report = client.get("/api/report").get_json()
+    # The read-only report reads replicas: the stranger sees nothing yet.
+    report = stranger.get("/api/report").get_json()
     assert (report["customers"], report["orders"], report["audit_events"]) == (0, 0, 0)
 
     pg.resume_replay(*every_replica(pg))
-    report = client.get("/api/report").get_json()
+    report = stranger.get("/api/report").get_json()
     assert (report["customers"], report["orders"], report["audit_events"]) == (1, 1, 2)
     assert report["units_in_stock"] == 0 + 12 + 120 + 8
     assert {s["name"]: s["orders"] for s in report["shards"]} == {
         shard: 1,
         "us" if shard == "eu" else "eu": 0,
     }
-    customer_page = client.get(f"/customers/{ada}").get_data(as_text=True)
+    customer_page = stranger.get(f"/customers/{ada}").get_data(as_text=True)
     assert str(order_id)[:8] in customer_page
+
+
+def test_api_clients_carry_the_token_in_a_header(
+    shop_pg: PostgresTopology, pg_app: Flask
+) -> None:
+    pg = shop_pg
+    client = pg_app.test_client(use_cookies=False)
+    pg.pause_replay(*every_replica(pg))
+    created = client.post("/api/customers", json={"name": "Ada"})
+    assert created.status_code == 201
+    token = created.headers[TOKEN_HEADER]
+    assert token
+    customer = created.get_json()
+    body = {"customer_id": customer["id"], "items": [{"product_id": 2, "quantity": 1}]}
+    placed = client.post("/api/orders", json=body, headers={TOKEN_HEADER: token})
+    assert placed.status_code == 201
+    token = placed.headers[TOKEN_HEADER]
+    order = placed.headers["Location"]
+    # With the token: the shards' primaries where the replicas lag behind.
+    with_token = client.get(order, headers={TOKEN_HEADER: token})
+    assert with_token.status_code == 200
+    assert with_token.get_json()["shard"] == customer["shard"]
+    # Without it: the paused replicas, which do not have the order yet.
+    assert client.get(order).status_code == 404
+    pg.resume_replay(*every_replica(pg))
+    assert client.get(order).status_code == 200
 
 
 def test_region_pages_read_their_shard_replica(
