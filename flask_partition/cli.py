@@ -38,8 +38,10 @@ from flask.cli import AppGroup
 
 from .config import ClusterConfig
 from .config import mask_uri
+from .config import ReplicaSettings
 from .errors import ShardingError
 from .errors import UnknownShardError
+from .replicas import parse_lsn
 from .routing import Role
 from .sharding import HashShardMap
 
@@ -134,6 +136,9 @@ class _Probe:
     in_recovery: bool | None = None
     lsn: int | None = None
     replay_age: float | None = None
+    #: Bytes the replica received but has not replayed (what
+    #: 'PARTITION_REPLICA_MAX_LAG_BYTES' limits).
+    unreplayed: int | None = None
 
 
 def check_nodes(app: Flask | None = None, *, timeout: float = 5.0) -> list[NodeStatus]:
@@ -147,7 +152,8 @@ def check_nodes(app: Flask | None = None, *, timeout: float = 5.0) -> list[NodeS
     parallel. On PostgreSQL, a replica's lag is the distance between its
     ``pg_last_wal_replay_lsn()`` and its primary's ``pg_current_wal_lsn()``,
     in bytes, and the age of ``pg_last_xact_replay_timestamp()`` while that
-    distance is not zero.
+    distance is not zero. A replica beyond ``PARTITION_REPLICA_MAX_LAG`` or
+    ``PARTITION_REPLICA_MAX_LAG_BYTES`` gets a note: the app reads elsewhere.
 
     :param app: Defaults to the current application.
     :param timeout: Seconds to wait for each connection.
@@ -163,7 +169,10 @@ def check_nodes(app: Flask | None = None, *, timeout: float = 5.0) -> list[NodeS
     ]
     clusters += [("shard", config) for config in topology.shards.values()]
     with concurrent.futures.ThreadPoolExecutor(min(16, len(clusters))) as pool:
-        results = pool.map(lambda c: _check_cluster(c[0], c[1], timeout), clusters)
+        results = pool.map(
+            lambda c: _check_cluster(c[0], c[1], topology.replica_settings, timeout),
+            clusters,
+        )
         return [node for nodes in results for node in nodes]
 
 
@@ -178,7 +187,7 @@ def _db_of(app: Flask) -> PartitionDB:
 
 
 def _check_cluster(
-    kind: str, config: ClusterConfig, timeout: float
+    kind: str, config: ClusterConfig, settings: ReplicaSettings, timeout: float
 ) -> list[NodeStatus]:
     primary = _probe(config.primary, config, timeout, Role.PRIMARY)
     notes: tuple[str, ...] = ()
@@ -198,6 +207,7 @@ def _check_cluster(
                 lag_seconds = 0.0
             elif probe.replay_age is not None:
                 lag_seconds = max(0.0, probe.replay_age)
+            notes = _limit_notes(settings, lag_seconds, probe.unreplayed)
         nodes.append(
             _status(
                 kind, config, Role.REPLICA, index, probe, lag_bytes, lag_seconds, notes
@@ -262,18 +272,46 @@ def _probe_postgres(conn: sa.Connection, role: Role) -> _Probe:
     row = conn.execute(
         sa.text(
             "SELECT pg_last_wal_replay_lsn()::text,"
-            " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8"
+            " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,"
+            " greatest(coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(),"
+            " pg_last_wal_replay_lsn()), 0), 0)::bigint"
         )
     ).one()
-    return _Probe(True, in_recovery=True, lsn=_lsn(row[0]), replay_age=row[1])
+    return _Probe(
+        True,
+        in_recovery=True,
+        lsn=_lsn(row[0]),
+        replay_age=row[1],
+        unreplayed=row[2],
+    )
 
 
 def _lsn(text: str | None) -> int | None:
-    """Turn a ``pg_lsn`` such as ``16/B374D848`` into a byte position."""
-    if text is None:
-        return None
-    high, _, low = text.partition("/")
-    return (int(high, 16) << 32) + int(low, 16)
+    return None if text is None else parse_lsn(text)
+
+
+def _limit_notes(
+    settings: ReplicaSettings, lag_seconds: float | None, unreplayed: int | None
+) -> tuple[str, ...]:
+    """Say when a replica is beyond the app's lag limits, so its reads go
+    to another replica or the primary.
+    """
+    notes = []
+    if settings.max_lag is not None and (lag_seconds or 0) > settings.max_lag:
+        notes.append(
+            f"{lag_seconds:.3f} s behind, above 'PARTITION_REPLICA_MAX_LAG'"
+            f" ({settings.max_lag:g}): the app reads elsewhere"
+        )
+    if (
+        settings.max_lag_bytes is not None
+        and (unreplayed or 0) > settings.max_lag_bytes
+    ):
+        notes.append(
+            f"{unreplayed} bytes received but not replayed, above"
+            f" 'PARTITION_REPLICA_MAX_LAG_BYTES' ({settings.max_lag_bytes}): the"
+            " app reads elsewhere"
+        )
+    return tuple(notes)
 
 
 def display_url(url: sa.URL) -> str:

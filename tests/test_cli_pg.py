@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import typing as t
 
@@ -79,7 +80,9 @@ def test_status_shows_every_node(
 def test_status_measures_replica_lag(
     pg: PostgresTopology, make_pg_shard_app: ShardAppFactory
 ) -> None:
-    app = make_pg_shard_app()
+    app = make_pg_shard_app(
+        PARTITION_REPLICA_MAX_LAG_BYTES=100_000, PARTITION_REPLICA_MAX_LAG=3600
+    )
     eu = pg.shards["eu"]
     pg.pause_replay(*eu.replicas)
     eu.primary.query(
@@ -93,6 +96,16 @@ def test_status_measures_replica_lag(
     assert behind["reachable"] is True
     assert behind["lag_bytes"] > 300_000  # 3000 rows of 100+ bytes
     assert behind["lag_seconds"] > 0
+    # Beyond the app's byte limit (received, not replayed), not its 1 h one.
+    (note,) = behind["notes"]
+    assert re.fullmatch(
+        r"\d+ bytes received but not replayed, above"
+        r" 'PARTITION_REPLICA_MAX_LAG_BYTES' \(100000\): the app reads elsewhere",
+        note,
+    )
+    assert all(n["notes"] == [] for n in nodes.values() if n is not behind)
+    text = run(app, "status")
+    assert f"shard 'eu' replica[0]: {note}" in text.stderr
     for key in ((None, "replica0"), (None, "replica1")):
         assert nodes[key]["lag_bytes"] < 10_000
     assert nodes[("eu", "primary0")]["lag_bytes"] is None
