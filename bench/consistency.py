@@ -14,12 +14,13 @@ A POST through side ``tokens`` writes a row and returns a real token; the
 benchmark then waits until both replicas have replayed it. Every GET on both
 sides sends that token in the ``X-Partition-Token`` header through
 ``app.test_client(use_cookies=False)``, so request parsing is the same and
-only the feature differs. On side ``tokens`` each request verifies the token
-(cached after the first time), offers the session's replica the token's
-position, and, since every replica is known to be past it, answers with an
-empty token header; every timed response is checked for that header (and
-side ``off`` for its absence), so a token path that stopped running fails
-the run.
+only the feature differs. On side ``tokens`` each request reads and
+verifies the token (cached after the first time), finds from the cached
+replica positions that every replica is past it, reads a replica as a
+client without a token would, and answers with an empty token header (drop
+your token); every timed response is checked for that header (and side
+``off`` for its absence), so a token path that stopped running fails the
+run.
 
 Rounds are short (``--requests`` 5 per side, a few milliseconds) and
 interleaved after an untimed warm-up, the order of the sides alternating;
@@ -27,9 +28,10 @@ the garbage collector runs only between rounds. Each side's time is the
 median over rounds of its mean time per request. Replica position probes are
 counted during warm-up and the timed rounds (positions are cached, so one
 per replica at warm-up and none later). A last, untimed pass records where
-each side's statements went and the ``routed`` signal's reasons: side
-``tokens`` must read replicas because the token was replayed, side ``off``
-replicas without one.
+each side's statements went and the ``routed`` signal's reasons: both
+sides must read both replicas, for the reason ``replica`` (on side
+``tokens`` the token's positions were dropped on arrival, every replica
+being past them).
 
 The feature adds a few tens of microseconds to a request of about a
 millisecond, less than a shared machine's load changes it from one second
@@ -353,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         routes = {
             name: record_routes(side, untimed, headers) for name, side in sides.items()
         }
-        check_routes(sides["tokens"], routes["tokens"], len(untimed), "token replayed")
+        check_routes(sides["tokens"], routes["tokens"], len(untimed), "replica")
         check_routes(sides["off"], routes["off"], len(untimed), "replica")
 
     total = args.rounds * args.requests

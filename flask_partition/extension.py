@@ -4,6 +4,7 @@ session, schema helpers and the Flask-SQLAlchemy-style helpers.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 import os
@@ -41,6 +42,7 @@ from .replicas import cluster_label
 from .replicas import make_policy
 from .routing import _plan
 from .routing import _routes
+from .routing import Plan
 from .session import PartitionSession
 from .session import Router
 from .sharding import ShardMap
@@ -67,6 +69,20 @@ class PartitionState:
     router: Router
     #: Signs and reads consistency tokens; ``None`` when no cluster uses them.
     tokens: TokenCodec | None = None
+
+
+@dataclasses.dataclass
+class _RequestContext:
+    """What the request hooks keep on ``g`` for one request."""
+
+    #: The client's token positions that no replica set has passed yet.
+    positions: dict[str | None, float] | None
+    #: How many positions the client's token held (0: no valid token).
+    sent: int
+    #: Routing decisions for the debug header, when it is on.
+    routes: dict[tuple[str, str], int] | None
+    plan_token: contextvars.Token[Plan] | None = None
+    routes_token: contextvars.Token[dict[tuple[str, str], int] | None] | None = None
 
 
 def _app_ctx_id() -> int:
@@ -258,66 +274,92 @@ class PartitionDB(compat.SQLAlchemyCompat):
         positions of the client's consistency token; start the debug trace.
         """
         state = self.get_state()
-        plan = _plan.get()
-        changes: dict[str, t.Any] = {}
+        shard = None
         if self._shard_resolver is not None:
-            name = self._shard_resolver()
-            if name is not None:
-                if name not in state.router.shards:
-                    abort(404, description=f"Unknown shard {str(name)[:64]!r}.")
-                changes["shard"] = name
-        if state.tokens is not None:
-            positions = self._read_token(state)
-            if positions:
-                changes["positions"] = positions
-                g._partition_positions = positions
-        if changes:
-            g._partition_plan_token = _plan.set(dataclasses.replace(plan, **changes))
-        if state.topology.debug_header:
-            g._partition_routes_token = _routes.set({})
+            shard = self._shard_resolver()
+            if shard is not None and shard not in state.router.shards:
+                abort(404, description=f"Unknown shard {str(shard)[:64]!r}.")
+        sent, positions = self._read_token(state) if state.tokens else (0, None)
+        routes: dict[tuple[str, str], int] | None = (
+            {} if state.topology.debug_header else None
+        )
+        if not (shard or positions or sent or routes is not None):
+            return  # the common request: nothing to set or undo
+        context = g._partition = _RequestContext(
+            positions=positions, sent=sent, routes=routes
+        )
+        if shard or positions:
+            plan = _plan.get()
+            # Plan(...) rather than dataclasses.replace(): this runs per request.
+            context.plan_token = _plan.set(
+                Plan(
+                    role=plan.role,
+                    read_only=plan.read_only,
+                    pinned_by=plan.pinned_by,
+                    shard=shard or plan.shard,
+                    positions=positions or plan.positions,
+                )
+            )
+        if routes is not None:
+            context.routes_token = _routes.set(routes)
 
-    def _read_token(self, state: PartitionState) -> dict[str | None, float] | None:
+    def _read_token(
+        self, state: PartitionState
+    ) -> tuple[int, dict[str | None, float] | None]:
+        """Return how many positions the client's token holds, and those
+        that still matter: for a cluster that takes tokens (the names are
+        signed by us, but perhaps under an older config) and that not every
+        replica has replayed yet.
+        """
         assert state.tokens is not None
         text = request.headers.get(TOKEN_HEADER)
         cookie = state.topology.consistency.cookie
         if not text and cookie is not None:
             text = request.cookies.get(cookie)
+        if not text:
+            return 0, None
         positions = state.tokens.loads(text, time.time())
         if not positions:
-            return None
-        # Names come from the client (signed by us, but perhaps under an
-        # older config): keep only clusters that still take tokens.
+            return 0, None
         by_name = state.router.by_name
-        known = {
-            name: position
-            for name, position in positions.items()
-            if name in by_name and by_name[name].token_mode is not None
-        }
-        if len(known) < len(positions):
-            g._partition_token_outdated = True
-        return known
+        pending = {}
+        for name, position in positions.items():
+            cluster = by_name.get(name)
+            if cluster is not None and cluster.token_mode is not None:
+                if not cluster.caught_up(position):
+                    pending[name] = position
+        return len(positions), pending or None
 
     def _after_request(self, response: Response) -> Response:
         """Give the client a token for the clusters this request committed
-        writes to; drop positions every replica has replayed. Add the debug
-        header when it is on.
+        writes to, without the positions every replica has replayed. Add the
+        debug header when it is on.
         """
         state = self.get_state()
+        context: _RequestContext | None = g.get("_partition")
         if state.tokens is not None:
-            self._write_token(state, response)
-        routes = _routes.get()
-        if routes is not None:
-            response.headers[ROUTE_HEADER] = describe_routes(routes)
+            self._write_token(state, response, context)
+        if context is not None and context.routes is not None:
+            response.headers[ROUTE_HEADER] = describe_routes(context.routes)
         return response
 
-    def _write_token(self, state: PartitionState, response: Response) -> None:
+    def _write_token(
+        self,
+        state: PartitionState,
+        response: Response,
+        context: _RequestContext | None,
+    ) -> None:
         assert state.tokens is not None
-        before: dict[str | None, float] = g.get("_partition_positions") or {}
-        positions = dict(before)
-        registry = self.session.registry
-        if registry.has():
-            session = registry()
-            written, session.committed_writes = session.committed_writes, set()
+        sessions = self.session.registry
+        session = sessions.registry.get(sessions.scopefunc())
+        written = session.committed_writes if session is not None else None
+        before = context.positions if context is not None else None
+        sent = context.sent if context is not None else 0
+        if not written and len(before or ()) == sent:
+            return  # nothing new, and the client's token is still exact
+        positions = dict(before or {})
+        if written:
+            session.committed_writes = set()
             for name in written:
                 cluster = state.router.by_name[name]
                 try:
@@ -330,11 +372,9 @@ class PartitionDB(compat.SQLAlchemyCompat):
                         str(error.orig or error).strip().splitlines()[0],
                     )
                     continue
-                positions[name] = max(position, positions.get(name, 0))
-        for name, position in list(positions.items()):
-            if state.router.by_name[name].caught_up(position):
-                del positions[name]
-        if positions == before and not g.get("_partition_token_outdated"):
+                if not cluster.caught_up(position):
+                    positions[name] = max(position, positions.get(name, 0))
+        if positions == (before or {}) and len(positions) == sent:
             return
         consistency = state.topology.consistency
         if positions:
@@ -349,7 +389,7 @@ class PartitionDB(compat.SQLAlchemyCompat):
                     httponly=True,
                     samesite="Lax",
                 )
-        else:
+        elif sent:
             response.headers[TOKEN_HEADER] = ""
             if consistency.cookie is not None and consistency.cookie in request.cookies:
                 response.delete_cookie(
@@ -360,12 +400,13 @@ class PartitionDB(compat.SQLAlchemyCompat):
                 )
 
     def _reset_request(self, exc: BaseException | None) -> None:
-        token = g.pop("_partition_plan_token", None)
-        if token is not None:
-            _plan.reset(token)
-        routes_token = g.pop("_partition_routes_token", None)
-        if routes_token is not None:
-            _routes.reset(routes_token)
+        context: _RequestContext | None = g.pop("_partition", None)
+        if context is None:
+            return
+        if context.plan_token is not None:
+            _plan.reset(context.plan_token)
+        if context.routes_token is not None:
+            _routes.reset(context.routes_token)
 
     def _make_cluster(
         self, config: ClusterConfig, topology: Topology, token_mode: str | None
