@@ -4,7 +4,8 @@
 ``partition`` command group to the application's CLI:
 
 ``status``
-    Every node of every cluster: reachable or not, replica lag.
+    Every node of every cluster: reachable or not, replica lag, and each
+    cluster's Alembic revision against the migration scripts.
 ``create-all`` / ``drop-all``
     Create or drop the tables, cluster by cluster.
 ``shards``
@@ -53,9 +54,11 @@ if t.TYPE_CHECKING:
 
 #: Exit code: the command did what it was asked; every node answered.
 EXIT_OK: t.Final = 0
-#: Exit code: a node could not be reached (``status``, ``shards``), an
-#: operation failed on a cluster (``create-all``, ``drop-all``), a model's
-#: bind is not configured, or ``drop-all`` was not confirmed.
+#: Exit code: a node could not be reached or a cluster's schema is not at
+#: the migrations' head (``status``), a node could not be reached
+#: (``shards``), an operation failed on a cluster (``create-all``,
+#: ``drop-all``), a model's bind is not configured, or ``drop-all`` was not
+#: confirmed.
 EXIT_FAILED: t.Final = 1
 #: Exit code: a usage error, such as an unknown option or an unknown
 #: ``--bind`` or ``--shard`` name. Nothing was done.
@@ -69,7 +72,8 @@ partition_cli = AppGroup(
     help=(
         "Inspect and manage the databases of Flask-Partition: the default"
         " cluster, the binds and the shards. Exit codes: 0 success, 1 a node"
-        " unreachable or an operation failed, 2 usage error."
+        " unreachable, a schema behind its migrations or an operation failed,"
+        " 2 usage error."
     ),
 )
 
@@ -115,6 +119,16 @@ class NodeStatus:
     lag_seconds: float | None = None
     #: Warnings, e.g. a configured replica that is not in recovery.
     notes: tuple[str, ...] = ()
+    #: The Alembic revisions stored in the primary's version table
+    #: (``alembic_version``), sorted; empty when the table is missing or
+    #: empty (no migration applied). ``None`` for replicas, which hold their
+    #: primary's, and for primaries that could not be read.
+    revisions: tuple[str, ...] | None = None
+    #: Why the cluster's schema is not where its migrations say it should be:
+    #: behind the head of the migration scripts, not migrated, at a revision
+    #: the scripts do not have, or unlike the other shards. Set on primaries
+    #: only; ``None`` when the schema is current or this cannot be told.
+    revision_error: str | None = None
 
     @property
     def name(self) -> str:
@@ -126,6 +140,7 @@ class NodeStatus:
         data = dataclasses.asdict(self)
         data["role"] = self.role.value
         data["notes"] = list(self.notes)
+        data["revisions"] = None if self.revisions is None else list(self.revisions)
         return data
 
 
@@ -139,12 +154,59 @@ class _Probe:
     #: Bytes the replica received but has not replayed (what
     #: 'PARTITION_REPLICA_MAX_LAG_BYTES' limits).
     unreplayed: int | None = None
+    #: The primary's Alembic revisions; None when not read.
+    revisions: tuple[str, ...] | None = None
+    #: Why the revisions could not be read.
+    revision_note: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _VersionTable:
+    """Where Alembic keeps a database's revision: Flask-Migrate's
+    ``version_table`` and ``version_table_schema``, if given.
+    """
+
+    name: str = "alembic_version"
+    schema: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scripts:
+    """What the application's migration scripts say every cluster should be
+    at.
+    """
+
+    #: Flask-Migrate's migrations folder, as configured.
+    directory: str
+    #: Why the folder cannot be read; nothing else is set then.
+    error: str | None = None
+    #: The head revisions, sorted; empty before the first revision.
+    heads: tuple[str, ...] = ()
+    #: Every revision of the folder.
+    known: frozenset[str] = frozenset()
+    #: The cluster names the heads have ``upgrade_<name>()`` functions for,
+    #: ``None`` for the default cluster (``upgrade_()``); empty when the
+    #: scripts come from the single-database template.
+    functions: frozenset[str | None] = frozenset()
+
+    @property
+    def multidb(self) -> bool:
+        """Whether the scripts come from Flask-Migrate's multi-database
+        template (an ``upgrade_<name>()`` per database).
+        """
+        return bool(self.functions)
 
 
 def check_nodes(app: Flask | None = None, *, timeout: float = 5.0) -> list[NodeStatus]:
     """Connect to every node of every cluster and shard of ``app`` and
     report its state: the default cluster first, then the binds and the
     shards in configuration order, each primary before its replicas.
+
+    Each primary's Alembic revision is read from its version table, and
+    compared with the head of the migration scripts when the app uses
+    Flask-Migrate and its migrations folder is readable; without them, the
+    shards are compared with each other. A cluster that is behind gets a
+    :attr:`~NodeStatus.revision_error` (see :doc:`/migrations`).
 
     Each node gets a new connection (not one from the application's pools)
     with the cluster's ``connect_args`` and, on PostgreSQL and MySQL, a
@@ -162,18 +224,34 @@ def check_nodes(app: Flask | None = None, *, timeout: float = 5.0) -> list[NodeS
     .. versionadded:: 0.1.0
     """
     app = app or t.cast("Flask", current_app._get_current_object())  # type: ignore[attr-defined]
+    return _check(app, timeout)[0]
+
+
+def _check(app: Flask, timeout: float) -> tuple[list[NodeStatus], _Scripts | None]:
     topology = _db_of(app).get_state(app).topology
     clusters: list[tuple[str, ClusterConfig]] = [
         ("default" if name is None else "bind", config)
         for name, config in topology.clusters.items()
     ]
     clusters += [("shard", config) for config in topology.shards.values()]
+    scripts = _migration_scripts(app)
+    table = _version_table(app)
     with concurrent.futures.ThreadPoolExecutor(min(16, len(clusters))) as pool:
         results = pool.map(
-            lambda c: _check_cluster(c[0], c[1], topology.replica_settings, timeout),
+            lambda c: _check_cluster(
+                c[0], c[1], topology.replica_settings, timeout, table
+            ),
             clusters,
         )
-        return [node for nodes in results for node in nodes]
+        nodes = [node for nodes in results for node in nodes]
+    problems = _revision_problems(nodes, scripts)
+    nodes = [
+        dataclasses.replace(node, revision_error=problems[node.cluster])
+        if node.role is Role.PRIMARY and node.cluster in problems
+        else node
+        for node in nodes
+    ]
+    return nodes, scripts
 
 
 def _db_of(app: Flask) -> PartitionDB:
@@ -187,12 +265,18 @@ def _db_of(app: Flask) -> PartitionDB:
 
 
 def _check_cluster(
-    kind: str, config: ClusterConfig, settings: ReplicaSettings, timeout: float
+    kind: str,
+    config: ClusterConfig,
+    settings: ReplicaSettings,
+    timeout: float,
+    table: _VersionTable,
 ) -> list[NodeStatus]:
-    primary = _probe(config.primary, config, timeout, Role.PRIMARY)
+    primary = _probe(config.primary, config, timeout, Role.PRIMARY, table)
     notes: tuple[str, ...] = ()
     if primary.in_recovery:
         notes = ("in recovery: this is a standby, not a primary",)
+    if primary.revision_note:
+        notes += (primary.revision_note,)
     nodes = [_status(kind, config, Role.PRIMARY, 0, primary, notes=notes)]
     for index, url in enumerate(config.replicas):
         probe = _probe(url, config, timeout, Role.REPLICA)
@@ -238,10 +322,17 @@ def _status(
         lag_bytes=lag_bytes,
         lag_seconds=lag_seconds,
         notes=notes,
+        revisions=probe.revisions,
     )
 
 
-def _probe(url: sa.URL, config: ClusterConfig, timeout: float, role: Role) -> _Probe:
+def _probe(
+    url: sa.URL,
+    config: ClusterConfig,
+    timeout: float,
+    role: Role,
+    table: _VersionTable | None = None,
+) -> _Probe:
     connect_args = dict(config.engine_options.get("connect_args") or {})
     if url.get_backend_name() in ("postgresql", "mysql", "mariadb"):
         # libpq and the MySQL drivers take whole seconds; libpq at least 2.
@@ -256,8 +347,12 @@ def _probe(url: sa.URL, config: ClusterConfig, timeout: float, role: Role) -> _P
         with engine.connect() as conn:
             if engine.dialect.name != "postgresql":
                 conn.execute(sa.text("SELECT 1"))
-                return _Probe(True)
-            return _probe_postgres(conn, role)
+                probe = _Probe(True)
+            else:
+                probe = _probe_postgres(conn, role)
+            if role is Role.PRIMARY and table is not None:
+                _read_revisions(conn, table, probe)
+            return probe
     except Exception as error:  # whatever fails, the node is not usable
         return _Probe(False, _error_text(error))
     finally:
@@ -284,6 +379,150 @@ def _probe_postgres(conn: sa.Connection, role: Role) -> _Probe:
         replay_age=row[1],
         unreplayed=row[2],
     )
+
+
+def _read_revisions(conn: sa.Connection, table: _VersionTable, probe: _Probe) -> None:
+    """Put the revisions of Alembic's version table into ``probe``."""
+    try:
+        if not sa.inspect(conn).has_table(table.name, schema=table.schema):
+            probe.revisions = ()
+            return
+        version = sa.table(table.name, sa.column("version_num"), schema=table.schema)
+        rows = conn.scalars(sa.select(version.c.version_num)).all()
+    except sa_exc.SQLAlchemyError as error:
+        probe.revision_note = (
+            f"cannot read the revision in {table.name!r}: {_error_text(error)}"
+        )
+        return
+    probe.revisions = tuple(sorted(str(row) for row in rows))
+
+
+def _version_table(app: Flask) -> _VersionTable:
+    migrate = app.extensions.get("migrate")
+    options = getattr(migrate, "configure_args", None) or {}
+    return _VersionTable(
+        options.get("version_table") or "alembic_version",
+        options.get("version_table_schema"),
+    )
+
+
+def _migration_scripts(app: Flask) -> _Scripts | None:
+    """Read Flask-Migrate's migrations folder; ``None`` without Flask-Migrate."""
+    migrate = app.extensions.get("migrate")
+    if migrate is None or not hasattr(migrate, "migrate"):
+        return None
+    from alembic.script import ScriptDirectory
+
+    directory = str(migrate.directory)
+    try:
+        with app.app_context():  # get_config reads 'flask db -x' from g
+            config = migrate.migrate.get_config(directory)
+        script = ScriptDirectory.from_config(config)
+        heads = tuple(sorted(script.get_heads()))
+        known = frozenset(revision.revision for revision in script.walk_revisions())
+        functions = {
+            name.removeprefix("upgrade_")
+            for head in heads
+            for name in vars(script.get_revision(head).module)
+            if name.startswith("upgrade_")
+        }
+    # A missing folder, a broken revision script: whatever it raises, the
+    # nodes are still worth reporting.
+    except Exception as error:
+        return _Scripts(directory, error=_error_text(error))
+    return _Scripts(
+        directory,
+        heads=heads,
+        known=known,
+        functions=frozenset(name or None for name in functions),
+    )
+
+
+def _revisions_text(revisions: t.Iterable[str]) -> str:
+    return ", ".join(sorted(revisions)) or "none"
+
+
+def _revision_problems(
+    nodes: list[NodeStatus], scripts: _Scripts | None
+) -> dict[str | None, str]:
+    """Why each cluster's schema is not where it should be, by cluster name
+    (bind and shard names share one namespace).
+    """
+    primaries = [
+        node
+        for node in nodes
+        if node.role is Role.PRIMARY and node.revisions is not None
+    ]
+    if scripts is None or scripts.error is not None:
+        return _shards_disagree([n for n in primaries if n.kind == "shard"])
+    heads = set(scripts.heads)
+    head = _revisions_text(heads)
+    where = repr(scripts.directory)
+    problems: dict[str | None, str] = {}
+    for node in primaries:
+        current = set(node.revisions or ())
+        unknown = current - scripts.known
+        if unknown:
+            problems[node.cluster] = (
+                f"at revision {_revisions_text(unknown)}, which the migration"
+                f" scripts in {where} do not have: a newer release, or another"
+                " migrations folder, migrated it"
+            )
+            continue
+        # The multi-database template migrates every database of the app;
+        # the single-database one only the default cluster.
+        managed = scripts.multidb or node.kind == "default" or bool(current)
+        if not managed or current == heads:
+            continue
+        if current:
+            problems[node.cluster] = (
+                f"at revision {_revisions_text(current)}, behind the head {head}"
+                f" of {where}: run 'flask db upgrade'"
+            )
+        elif scripts.multidb and node.cluster not in scripts.functions:
+            option = "--shard" if node.kind == "shard" else "--bind"
+            problems[node.cluster] = (
+                f"no migration applied, and the migration scripts have no"
+                f" 'upgrade_{node.cluster}()' ({node.kind} added after them), so"
+                f" 'flask db upgrade' fails: run 'flask partition create-all"
+                f" {option} {node.cluster}', then 'flask db stamp head'"
+            )
+        else:
+            problems[node.cluster] = (
+                f"no migration applied, the head of {where} is {head}:"
+                " run 'flask db upgrade'"
+            )
+    return problems
+
+
+def _shards_disagree(shards: list[NodeStatus]) -> dict[str | None, str]:
+    """Without migration scripts, a shard is behind when its revision is
+    not that of most shards: every shard holds the same tables.
+    """
+    groups: dict[tuple[str, ...], list[str | None]] = {}
+    for node in shards:
+        groups.setdefault(node.revisions or (), []).append(node.cluster)
+    if len(groups) < 2:
+        return {}
+    sizes = sorted((len(names) for names in groups.values()), reverse=True)
+    majority = None
+    if sizes[0] > sizes[1]:
+        majority = max(groups, key=lambda revisions: len(groups[revisions]))
+    problems: dict[str | None, str] = {}
+    for revisions, names in groups.items():
+        if revisions == majority:
+            continue
+        others = "; ".join(
+            f"{', '.join(repr(n) for n in other)} at {_revisions_text(rev)}"
+            for rev, other in groups.items()
+            if rev != revisions
+        )
+        for name in names:
+            problems[name] = (
+                f"at revision {_revisions_text(revisions)}, unlike the other"
+                f" shards ({others}): every shard should be at the same revision"
+            )
+    return problems
 
 
 def _lsn(text: str | None) -> int | None:
@@ -360,18 +599,36 @@ def _table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def status_command(timeout: float, as_json: bool) -> None:
-    """Show every node of every cluster: reachable or not, and replica lag.
+    """Show every node of every cluster: reachable or not, replica lag, and
+    each cluster's migration revision.
 
     Lag is measured on PostgreSQL: the WAL bytes a replica has not replayed
-    and the age of the last transaction it replayed. Passwords are never
-    shown. Exits with 1 when a node is unreachable.
+    and the age of the last transaction it replayed. The revision is read
+    from Alembic's version table on each primary and compared with the head
+    of Flask-Migrate's migrations folder, or, without one, between the
+    shards. Passwords are never shown. Exits with 1 when a node is
+    unreachable or a cluster is behind its migrations.
     """
-    nodes = check_nodes(timeout=timeout)
+    app = t.cast("Flask", current_app._get_current_object())  # type: ignore[attr-defined]
+    nodes, scripts = _check(app, timeout)
     down = [node for node in nodes if not node.reachable]
+    behind = [node for node in nodes if node.revision_error]
     if as_json:
+        migrations = None
+        if scripts is not None:
+            migrations = {
+                "directory": scripts.directory,
+                "heads": None if scripts.error else list(scripts.heads),
+                "error": scripts.error,
+            }
         click.echo(
             json.dumps(
-                {"ok": not down, "nodes": [node.as_json() for node in nodes]}, indent=2
+                {
+                    "ok": not (down or behind),
+                    "nodes": [node.as_json() for node in nodes],
+                    "migrations": migrations,
+                },
+                indent=2,
             )
         )
     else:
@@ -383,11 +640,15 @@ def status_command(timeout: float, as_json: bool) -> None:
                 "ok" if node.reachable else "UNREACHABLE",
                 "-" if node.lag_bytes is None else str(node.lag_bytes),
                 "-" if node.lag_seconds is None else f"{node.lag_seconds:.3f}",
+                "-" if node.revisions is None else _revision_cell(node.revisions),
                 node.url,
             ]
             for node in nodes
         ]
-        header = ["CLUSTER", "KIND", "NODE", "STATE", "LAG BYTES", "LAG SECONDS", "URL"]
+        header = [
+            "CLUSTER", "KIND", "NODE", "STATE", "LAG BYTES", "LAG SECONDS",
+            "REVISION", "URL",
+        ]  # fmt: skip
         click.echo(_table(header, rows, right={4, 5}))
         for node in nodes:
             where = f"{_label(node.kind, node.cluster)} {node.name}"
@@ -395,10 +656,47 @@ def status_command(timeout: float, as_json: bool) -> None:
                 click.echo(f"{where}: {node.error}", err=True)
             for note in node.notes:
                 click.echo(f"{where}: {note}", err=True)
+            if node.revision_error:
+                click.echo(f"{where}: {node.revision_error}", err=True)
+        if scripts is not None:
+            _echo_migrations(scripts, nodes, behind)
         summary = f"{len(nodes) - len(down)} of {len(nodes)} nodes reachable."
-        click.echo(summary, err=bool(down))
-    if down:
+        click.echo(summary, err=bool(down or behind))
+    if down or behind:
         raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _revision_cell(revisions: tuple[str, ...]) -> str:
+    return ",".join(revisions) or "none"
+
+
+def _echo_migrations(
+    scripts: _Scripts, nodes: list[NodeStatus], behind: list[NodeStatus]
+) -> None:
+    where = repr(scripts.directory)
+    if scripts.error is not None:
+        click.echo(
+            f"Migrations: cannot read {where} ({scripts.error}); the shards are"
+            " only compared with each other.",
+            err=True,
+        )
+        return
+    head = _revisions_text(scripts.heads)
+    # The clusters these scripts migrate (see _revision_problems).
+    tracked = [
+        n
+        for n in nodes
+        if n.role is Role.PRIMARY
+        and n.revisions is not None
+        and (scripts.multidb or n.kind == "default" or n.revisions)
+    ]
+    current = [n for n in tracked if set(n.revisions or ()) == set(scripts.heads)]
+    click.echo(
+        f"Migrations in {where} (head {head}): {len(current)} of"
+        f" {_plural(len(tracked), 'cluster')} at the head"
+        + (f", {len(behind)} behind." if behind else "."),
+        err=bool(behind),
+    )
 
 
 # -- create-all and drop-all ------------------------------------------------------

@@ -12,6 +12,8 @@ The rest of the package calls into this module at a few points:
     :class:`~flask_partition.PartitionDB`: ``db.Column`` and the other
     shortcuts, ``db.Table``, ``db.relationship``, ``db.get_engine``,
     ``db.bind_names``;
+-   :class:`MetadataDict` is ``db.metadatas``, which also answers for shard
+    names, so Flask-Migrate's multi-database template migrates the shards;
 -   :func:`model_base` turns a Flask-SQLAlchemy style ``model_class`` into
     ``db.Model``, and :func:`install_query` gives it ``Model.query``;
 -   :class:`Query` is the legacy query class with ``*_or_404`` and
@@ -30,6 +32,8 @@ import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as sa_orm
 import sqlalchemy.sql.schema as sa_schema
 from flask import abort
+from flask import current_app
+from flask import has_app_context
 from sqlalchemy.ext.horizontal_shard import ShardedQuery
 
 from . import config as _config
@@ -584,9 +588,17 @@ class SQLAlchemyCompat:
         Flask-SQLAlchemy's deprecated ``get_engine`` (Flask-Migrate's
         templates call it). Prefer :attr:`engines`.
 
-        :param bind_key: The bind key, ``None`` for the default cluster.
+        A shard name returns the shard's primary engine, so that
+        Flask-Migrate's multi-database template migrates each shard (see
+        :doc:`/migrations`).
+
+        :param bind_key: The bind key or shard name, ``None`` for the
+            default cluster.
         :param kwargs: ``bind=`` is accepted for ``bind_key``.
-        :raises UnknownClusterError: When the bind is not configured.
+        :raises UnknownClusterError: When no bind or shard has that name.
+
+        .. versionchanged:: 0.1.0
+            Shard names are accepted.
         """
         if "bind" in kwargs:
             bind_key = kwargs.pop("bind")
@@ -599,13 +611,27 @@ class SQLAlchemyCompat:
             return engines[bind_key]
         if bind_key is None:
             raise no_default_error()
-        return self.get_router().cluster(bind_key).primary
+        router = self.get_router()
+        shard = router.shards.get(bind_key)
+        if shard is not None:
+            return shard.primary
+        return router.cluster(bind_key).primary
 
     def bind_names(self) -> list[str]:
-        """Return the current app's bind keys, without ``None``. Flask-Migrate's
-        multi-database template calls it when ``SQLALCHEMY_BINDS`` is not set.
+        """Return the names of the current app's binds, then of its shards,
+        in configuration order: every database besides the default one.
+
+        Flask-Migrate's multi-database template calls it when
+        ``SQLALCHEMY_BINDS`` is not set, and writes an ``upgrade_<name>()``
+        function for each name into every revision; with the shards listed,
+        ``flask db upgrade`` migrates every shard (see :doc:`/migrations`).
+        Bind and shard names share one namespace, so they never collide.
+
+        .. versionchanged:: 0.1.0
+            Shard names are listed after the binds.
         """
-        return [name for name in self.engines if name is not None]
+        binds = [name for name in self.engines if name is not None]
+        return binds + list(self.get_router().shards)
 
     def relationship(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
         """:func:`sqlalchemy.orm.relationship`, with :attr:`Query` as the
@@ -639,6 +665,39 @@ class SQLAlchemyCompat:
         raise AttributeError(
             f"{type(self).__name__!r} object has no attribute {name!r}"
         )
+
+
+class MetadataDict(dict[str | None, sa.MetaData]):
+    """The dict :attr:`db.metadatas <flask_partition.PartitionDB.metadatas>`
+    returns: every MetaData by bind key, ``None`` for the default cluster.
+
+    Its keys are the binds only, so code that loops over it, as
+    Flask-SQLAlchemy's ``create_all`` does, never meets the shards. Looking
+    up a shard name of the current application, which is not a key, returns
+    :attr:`db.shard_metadata <flask_partition.PartitionDB.shard_metadata>`:
+    Flask-Migrate's multi-database template asks ``db.metadatas[name]`` for
+    every name of :meth:`~SQLAlchemyCompat.bind_names`, the shards included.
+    ``get()`` and ``in`` see the keys only.
+
+    :param metadatas: The MetaData by bind key.
+    :param db: The extension whose shards answer lookups.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self, metadatas: t.Mapping[str | None, sa.MetaData], db: t.Any
+    ) -> None:
+        super().__init__(metadatas)
+        self._db = db
+
+    def __missing__(self, key: str | None) -> sa.MetaData:
+        if isinstance(key, str) and has_app_context():
+            state = current_app.extensions.get("partition.state")
+            if state is not None and state.db is self._db:
+                if key in state.router.shards:
+                    return t.cast(sa.MetaData, self._db.shard_metadata)
+        raise KeyError(key)
 
 
 def shell_context(

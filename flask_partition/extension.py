@@ -476,8 +476,13 @@ class PartitionDB(compat.SQLAlchemyCompat):
     def metadatas(self) -> dict[str | None, sa.MetaData]:
         """Metadata by bind key (``None`` for the default cluster), as
         Flask-Migrate's multi-database template expects.
+
+        A new :class:`~flask_partition.compat.MetadataDict`: its keys are the
+        binds, but in an application context looking up one of the app's
+        shard names returns :attr:`shard_metadata`, so that Flask-Migrate
+        migrates the shards too (see :doc:`/migrations`).
         """
-        return dict(self._metadatas)
+        return compat.MetadataDict(self._metadatas, self)
 
     @property
     def engines(self) -> t.Mapping[str | None, sa.Engine]:

@@ -75,19 +75,21 @@ def test_status_lists_every_node(
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == [
-        "CLUSTER", "KIND", "NODE", "STATE", "LAG", "BYTES", "LAG", "SECONDS", "URL"
+        "CLUSTER", "KIND", "NODE", "STATE", "LAG", "BYTES", "LAG", "SECONDS",
+        "REVISION", "URL",
     ]  # fmt: skip
     rows = [line.split() for line in lines[1:-1]]
-    assert [row[:6] for row in rows] == [
-        ["default", "default", "primary", "ok", "-", "-"],
-        ["analytics", "bind", "primary", "ok", "-", "-"],
-        ["a", "shard", "primary", "ok", "-", "-"],
-        ["b", "shard", "primary", "ok", "-", "-"],
-        ["c", "shard", "primary", "ok", "-", "-"],
-        ["c", "shard", "replica[0]", "ok", "-", "-"],
+    # No migration applied on a primary: 'none'; replicas hold their primary's.
+    assert [row[:7] for row in rows] == [
+        ["default", "default", "primary", "ok", "-", "-", "none"],
+        ["analytics", "bind", "primary", "ok", "-", "-", "none"],
+        ["a", "shard", "primary", "ok", "-", "-", "none"],
+        ["b", "shard", "primary", "ok", "-", "-", "none"],
+        ["c", "shard", "primary", "ok", "-", "-", "none"],
+        ["c", "shard", "replica[0]", "ok", "-", "-", "-"],
     ]
-    assert rows[0][6] == f"sqlite:///{tmp_path}/app.db"
-    assert rows[5][6] == f"sqlite:///file:{tmp_path}/c.db?mode=ro&uri=true"
+    assert rows[0][7] == f"sqlite:///{tmp_path}/app.db"
+    assert rows[5][7] == f"sqlite:///file:{tmp_path}/c.db?mode=ro&uri=true"
     assert lines[-1] == "6 of 6 nodes reachable."
     assert result.stderr == ""
 
@@ -97,6 +99,8 @@ def test_status_json(make_app: AppFactory) -> None:
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert data["ok"] is True
+    assert data["migrations"] is None
+    assert [n["revisions"] for n in data["nodes"]] == [[], None, []]
     assert [(n["cluster"], n["role"], n["index"]) for n in data["nodes"]] == [
         (None, "primary", 0),
         (None, "replica", 0),
@@ -113,6 +117,8 @@ def test_status_json(make_app: AppFactory) -> None:
         "lag_bytes": None,
         "lag_seconds": None,
         "notes": [],
+        "revisions": None,
+        "revision_error": None,
     }
 
 

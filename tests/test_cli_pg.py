@@ -68,8 +68,8 @@ def test_status_shows_every_node(
         ["ap", "shard", "primary", "ok"],
     ]
     assert pg.primary is not None
-    assert rows[0][6] == pg.primary.url("app")
-    assert rows[5][6] == pg.shards["eu"].replicas[0].url("app")
+    assert rows[0][7] == pg.primary.url("app")
+    assert rows[5][7] == pg.shards["eu"].replicas[0].url("app")
     # Primaries have no lag; caught-up replicas a number of bytes and seconds.
     assert rows[0][4:6] == ["-", "-"]
     for row in (rows[1], rows[2], rows[5]):
