@@ -59,7 +59,8 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
     """Create and configure the shop.
 
     Configuration comes, in increasing priority, from ``instance/config.py``
-    (when there is no ``test_config``), the ``PARTITION_*`` environment
+    and the ``FLASK_*`` environment variables such as ``FLASK_SECRET_KEY``
+    (both only when there is no ``test_config``), the ``PARTITION_*`` environment
     variables (see :func:`config_from_environ`) and ``test_config``. When
     none of them sets ``PARTITION_DATABASE_URI``, the SQLite files of
     :func:`sqlite_config` fill in every missing ``PARTITION_*`` key.
@@ -75,6 +76,9 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
     app.config.from_mapping(SECRET_KEY="dev")
     if test_config is None:
         app.config.from_pyfile("config.py", silent=True)
+        # FLASK_SECRET_KEY and the other FLASK_* variables: never run with
+        # the "dev" key outside your machine.
+        app.config.from_prefixed_env()
     app.config.update(config_from_environ(os.environ))
     if test_config is not None:
         app.config.from_mapping(test_config)

@@ -147,7 +147,7 @@ class OrderAPI(MethodView):
         without it, the newest orders of every shard, merged.
         """
         customer_id = request.args.get("customer_id", type=int)
-        limit = min(request.args.get("limit", 20, type=int) or 20, 100)
+        limit = max(1, min(request.args.get("limit", 20, type=int) or 20, 100))
         if customer_id is None:
             orders = shop.latest_orders(limit)
         else:

@@ -17,6 +17,8 @@ import sqlalchemy.exc as sa_exc
 
 #: Replica choice policies accepted by ``PARTITION_REPLICA_POLICY``.
 REPLICA_POLICIES = ("round_robin", "random")
+#: Modes accepted by ``PARTITION_COMMIT_MODE``.
+COMMIT_MODES = ("best_effort", "single", "two_phase")
 #: Modes accepted by ``PARTITION_CONSISTENCY``.
 CONSISTENCY_MODES = ("auto", "lsn", "time", "off")
 _COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
@@ -121,6 +123,9 @@ class Topology:
     #: Add the ``X-Partition-Route`` header to responses
     #: (``PARTITION_DEBUG_HEADER``).
     debug_header: bool = False
+    #: How a session that wrote to several clusters commits
+    #: (``PARTITION_COMMIT_MODE``).
+    commit_mode: str = "best_effort"
 
 
 def mask_uri(value: object) -> str:
@@ -189,7 +194,23 @@ def parse_config(
         replica_settings=_replica_settings(config),
         consistency=_consistency(config),
         debug_header=debug_header,
+        commit_mode=check_commit_mode(
+            config.get("PARTITION_COMMIT_MODE", "best_effort"),
+            "'PARTITION_COMMIT_MODE'",
+        ),
     )
+
+
+def check_commit_mode(mode: object, where: str) -> str:
+    """Return ``mode`` if it is a commit mode, else raise naming ``where``.
+
+    :raises ValueError: For anything but ``"best_effort"``, ``"single"`` or
+        ``"two_phase"``.
+    """
+    if mode not in COMMIT_MODES:
+        choices = ", ".join(repr(m) for m in COMMIT_MODES)
+        raise ValueError(f"{where} must be one of {choices}, got {mode!r}.")
+    return mode
 
 
 def _partition_clusters(

@@ -20,9 +20,13 @@ from .config import Topology
 from .replicas import cluster_label
 
 #: The request and response header that carries the token for API clients.
+#:
+#: .. versionadded:: 0.1.0
 TOKEN_HEADER: t.Final = "X-Partition-Token"
 #: The response header that shows where a request's statements went
 #: (``PARTITION_DEBUG_HEADER``).
+#:
+#: .. versionadded:: 0.1.0
 ROUTE_HEADER: t.Final = "X-Partition-Route"
 
 _SALT = "flask-partition.consistency"
@@ -42,6 +46,8 @@ def token_modes(topology: Topology) -> dict[str | None, str]:
 
     :param topology: The parsed configuration.
     :raises ValueError: ``"lsn"`` with a cluster that is not PostgreSQL.
+
+    .. versionadded:: 0.1.0
     """
     mode = topology.consistency.mode
     modes: dict[str | None, str] = {}
@@ -90,7 +96,10 @@ class TokenCodec:
         self._cache: dict[str, tuple[float, Positions]] = {}
 
     def dumps(self, positions: t.Mapping[str | None, float]) -> str:
-        """Return the signed token text for ``positions``."""
+        """Return the signed token text for ``positions``.
+
+        :param positions: Position by cluster name (``None``: the default).
+        """
         return self._serializer.dumps(
             [[name, position] for name, position in positions.items()]
         )

@@ -12,6 +12,7 @@ import typing as t
 from flask import current_app
 from flask import has_app_context
 
+from .config import check_commit_mode
 from .routing import _plan
 from .routing import Plan
 from .routing import Role
@@ -185,3 +186,32 @@ def use_shard(name: str) -> Pin:
         return dataclasses.replace(plan, shard=name)
 
     return Pin(f"use_shard({name!r})", change)
+
+
+def commit_mode(mode: str) -> Pin:
+    """Choose how the session commits when a view or block wrote to several
+    clusters, overriding ``PARTITION_COMMIT_MODE``::
+
+        @app.post("/transfer")
+        @commit_mode("two_phase")
+        def transfer(): ...
+
+        with commit_mode("single"):
+            ...
+            db.session.commit()
+
+    The mode in force when the session's transaction starts (its first
+    statement) applies to that transaction, so put the whole unit of work,
+    commit included, inside the block. See :doc:`/transactions`.
+
+    :param mode: ``"best_effort"``, ``"single"`` or ``"two_phase"``.
+    :raises ValueError: For another value.
+
+    .. versionadded:: 0.1.0
+    """
+    check_commit_mode(mode, "'commit_mode'")
+
+    def change(plan: Plan) -> Plan:
+        return dataclasses.replace(plan, commit_mode=mode)
+
+    return Pin(f"commit_mode({mode!r})", change)

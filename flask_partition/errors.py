@@ -96,3 +96,48 @@ class PrimaryUnavailableError(sa_exc.OperationalError):
 
     #: The bind or shard name of the cluster, ``None`` for the default one.
     cluster: str | None = None
+
+
+class CrossShardWriteError(ShardingError):
+    """In the ``"single"`` commit mode, a unit of work wrote (or was about
+    to write) to more than one shard. Raised before the SQL for the second
+    shard is sent; roll back and split the work per shard.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class PartialCommitError(sa_exc.SQLAlchemyError):
+    """A ``"best_effort"`` commit over several clusters failed after some of
+    them committed. :attr:`committed` names the clusters whose commit went
+    through, :attr:`failed` the cluster that failed, :attr:`rolled_back`
+    those rolled back after it. The partial commit is also logged on the
+    ``flask_partition`` logger.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        message: str,
+        committed: list[str],
+        failed: str,
+        rolled_back: list[str],
+    ) -> None:
+        super().__init__(message)
+        #: Labels of the clusters that committed.
+        self.committed = committed
+        #: Label of the cluster whose commit failed.
+        self.failed = failed
+        #: Labels of the clusters rolled back after the failure.
+        self.rolled_back = rolled_back
+
+
+class TwoPhaseError(sa_exc.InvalidRequestError):
+    """The ``"two_phase"`` commit mode cannot be used here: a cluster is not
+    PostgreSQL, its ``max_prepared_transactions`` is 0, or a prepared
+    transaction could not be committed after the decision to commit (run
+    ``flask partition recover``).
+
+    .. versionadded:: 0.1.0
+    """

@@ -34,18 +34,21 @@ from .consistency import ROUTE_HEADER
 from .consistency import TOKEN_HEADER
 from .consistency import token_modes
 from .consistency import TokenCodec
+from .errors import TwoPhaseError
 from .model import make_model_base
 from .pagination import Pagination
 from .pagination import resolve_page_args
 from .replicas import Cluster
 from .replicas import cluster_label
 from .replicas import make_policy
+from .replicas import safe_message
 from .routing import _plan
 from .routing import _routes
 from .routing import Plan
 from .session import PartitionSession
 from .session import Router
 from .sharding import ShardMap
+from .transactions import ensure_two_phase
 
 _T = t.TypeVar("_T")
 _log = logging.getLogger("flask_partition")
@@ -227,8 +230,18 @@ class PartitionDB(compat.SQLAlchemyCompat):
             shards,
             scatter_workers=topology.scatter_workers,
             sender=app,
+            commit_mode=topology.commit_mode,
             **self._shard_options,
         )
+        if topology.commit_mode == "two_phase":
+            try:
+                ensure_two_phase(router)
+            except (TwoPhaseError, sa_exc.DBAPIError) as error:
+                for cluster in router.by_name.values():
+                    cluster.dispose()
+                raise RuntimeError(
+                    f"'PARTITION_COMMIT_MODE' is 'two_phase', but {error}"
+                ) from error
         app.extensions["partition"] = self
         app.extensions["partition.state"] = PartitionState(
             db=self,
@@ -240,7 +253,10 @@ class PartitionDB(compat.SQLAlchemyCompat):
         app.extensions.setdefault("sqlalchemy", self)
         if self._add_models_to_shell:
             app.shell_context_processor(compat.shell_context(self, self.Model))
-        app.before_request(self._before_request)
+        # First of the app's before_request functions, so hooks registered
+        # earlier (loading the current user, say) already read with the
+        # client's token and the request's shard.
+        app.before_request_funcs.setdefault(None, []).insert(0, self._before_request)
         app.after_request(self._after_request)
         app.teardown_request(self._reset_request)
         app.teardown_appcontext(self._teardown_session)
@@ -298,6 +314,7 @@ class PartitionDB(compat.SQLAlchemyCompat):
                     pinned_by=plan.pinned_by,
                     shard=shard or plan.shard,
                     positions=positions or plan.positions,
+                    commit_mode=plan.commit_mode,
                 )
             )
         if routes is not None:
@@ -350,8 +367,7 @@ class PartitionDB(compat.SQLAlchemyCompat):
         context: _RequestContext | None,
     ) -> None:
         assert state.tokens is not None
-        sessions = self.session.registry
-        session = sessions.registry.get(sessions.scopefunc())
+        session = self.session() if self.session.registry.has() else None
         written = session.committed_writes if session is not None else None
         before = context.positions if context is not None else None
         sent = context.sent if context is not None else 0
@@ -359,17 +375,21 @@ class PartitionDB(compat.SQLAlchemyCompat):
             return  # nothing new, and the client's token is still exact
         positions = dict(before or {})
         if written:
+            assert session is not None
             session.committed_writes = set()
             for name in written:
                 cluster = state.router.by_name[name]
                 try:
                     position = cluster.position()
-                except sa_exc.DBAPIError as error:
+                except sa_exc.SQLAlchemyError as error:
+                    # The write committed: the response must not fail now.
                     _log.warning(
                         "cannot read the position of %s after a commit; the"
                         " client gets no token for it: %s",
                         cluster.label,
-                        str(error.orig or error).strip().splitlines()[0],
+                        safe_message(
+                            getattr(error, "orig", None) or error, cluster.primary
+                        ),
                     )
                     continue
                 if not cluster.caught_up(position):

@@ -72,6 +72,8 @@ def make_policy(name: str) -> ReplicaPolicy:
 def cluster_label(name: str | None, *, shard: bool = False) -> str:
     """Name a cluster for messages: ``the default cluster``, ``bind 'x'`` or
     ``shard 'eu'``.
+
+    .. versionadded:: 0.1.0
     """
     if name is None:
         return "the default cluster"
@@ -82,6 +84,8 @@ def parse_lsn(text: str) -> int:
     """Turn a PostgreSQL LSN such as ``"0/3000148"`` into an integer.
 
     :raises ValueError: When ``text`` is not an LSN.
+
+    .. versionadded:: 0.1.0
     """
     high, _, low = text.partition("/")
     return (int(high, 16) << 32) + int(low, 16)
@@ -96,6 +100,8 @@ class Probe:
     :param lag: Seconds behind: the age of the last replayed commit while
         received WAL waits to be replayed, else 0.
     :param lag_bytes: Bytes of received WAL not yet replayed.
+
+    .. versionadded:: 0.1.0
     """
 
     at: float
@@ -246,7 +252,7 @@ class Cluster:
     def mark_down(self, index: int, error: BaseException | str) -> None:
         """Skip replica ``index`` for the cool-down; signal the change."""
         engine = self.replicas[index]
-        message = _safe_message(error, engine)
+        message = safe_message(error, engine)
         with self._state_lock:
             was_up = index not in self._down_until
             self._down_until[index] = time.monotonic() + self.settings.cooldown
@@ -276,7 +282,9 @@ class Cluster:
             self._send_state(index, "up", None)
 
     def _send_state(self, index: int, state: str, error: str | None) -> None:
-        if replica_state_changed.receivers:
+        if not replica_state_changed.receivers:
+            return
+        try:
             replica_state_changed.send(
                 self.sender,
                 cluster=self.name,
@@ -285,6 +293,10 @@ class Cluster:
                 state=state,
                 error=error,
             )
+        except Exception:
+            # Runs inside SQLAlchemy's error handling and connect events: a
+            # receiver's bug must not replace the error or stop failover.
+            _log.exception("a 'replica_state_changed' receiver raised")
 
     def _replica_error(self, context: sa.engine.ExceptionContext) -> None:
         if context.is_pre_ping or context.engine is None:
@@ -294,11 +306,11 @@ class Cluster:
         index = self._index.get(context.engine)
         if index is None:
             return
-        self.mark_down(index, context.original_exception)
         # Tells PartitionSession that this replica failed, so it retries.
         error = context.sqlalchemy_exception
         if error is not None:
             error._partition_replica = context.engine  # type: ignore[attr-defined]
+        self.mark_down(index, context.original_exception)
 
     def _connected(self, index: int, dbapi_connection: t.Any, record: t.Any) -> None:
         if index in self._down_until:
@@ -314,7 +326,7 @@ class Cluster:
         original = context.original_exception
         message = (
             f"The primary of {self.label} ({mask_uri(self.primary.url)}) is"
-            f" unreachable: {_safe_message(original, self.primary).rstrip('.')}."
+            f" unreachable: {safe_message(original, self.primary).rstrip('.')}."
             " Writes to"
             " it fail until it is back; reads that may use replicas keep"
             " working. The transaction was not committed (unless the"
@@ -391,18 +403,26 @@ class Cluster:
         if not lock.acquire(blocking=probe is None):
             return probe
         try:
+            # Threads that waited for the first probe use its result.
+            probe = self._probes.get(index)
+            if probe is not None and time.monotonic() - probe.at < (
+                self.settings.check_interval
+            ):
+                return probe
             if self.is_down(index):
                 return None
             try:
                 with engine.connect() as connection:
                     row = connection.exec_driver_sql(_PROBE_SQL).one()
-            except sa_exc.DBAPIError as error:
+            except sa_exc.SQLAlchemyError as error:
+                # A pool timeout as well as a database error: the replica
+                # cannot be read now, which must not fail the user's read.
                 if not getattr(error, "_partition_replica", None):
                     _log.warning(
                         "cannot read the replay position of replica[%d] of %s: %s",
                         index,
                         self.label,
-                        _safe_message(error.orig or error, engine),
+                        safe_message(getattr(error, "orig", None) or error, engine),
                     )
                 return None
             probe = Probe(
@@ -444,9 +464,11 @@ class Cluster:
         return f"<Cluster {self.name!r} replicas={len(self.replicas)}>"
 
 
-def _safe_message(error: BaseException | str, engine: sa.Engine) -> str:
+def safe_message(error: BaseException | str, engine: sa.Engine) -> str:
     """The first line of an error, with the engine's password masked should
     the driver have echoed it.
+
+    .. versionadded:: 0.1.0
     """
     text = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
     password = engine.url.password

@@ -41,6 +41,8 @@ class Plan:
         :func:`~flask_partition.use_shard` or the request's shard resolver.
     :param positions: The positions of the client's consistency token by
         cluster: replicas that have not replayed them get no reads.
+    :param commit_mode: The commit mode set by
+        :func:`~flask_partition.commit_mode`, ``None`` for the configured one.
 
     .. versionadded:: 0.1.0
     """
@@ -50,6 +52,7 @@ class Plan:
     pinned_by: str | None = None
     shard: str | None = None
     positions: t.Mapping[str | None, float] | None = None
+    commit_mode: str | None = None
 
 
 # Plan is a frozen dataclass, so sharing one default instance is safe.

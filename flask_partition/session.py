@@ -46,6 +46,9 @@ from .sharding import shard_key_of_table
 from .sharding import ShardKey
 from .sharding import ShardMap
 from .signals import routed
+from .transactions import check_single
+from .transactions import install_xid
+from .transactions import on_transaction_create
 
 if t.TYPE_CHECKING:
     from sqlalchemy.engine import Result
@@ -91,6 +94,7 @@ class Router:
         explicit shard runs on: ``(orm_execute_state) -> [shards]``.
     :param scatter_workers: Threads that query shards at the same time.
     :param sender: The sender of signals (the Flask app).
+    :param commit_mode: How sessions commit writes to several clusters.
 
     .. versionadded:: 0.1.0
     """
@@ -106,6 +110,7 @@ class Router:
         execute_chooser: t.Callable[..., t.Iterable[t.Any]] | None = None,
         scatter_workers: int = 8,
         sender: object = None,
+        commit_mode: str = "best_effort",
     ) -> None:
         self.clusters = dict(clusters)
         self.default = self.clusters[None]
@@ -132,11 +137,30 @@ class Router:
         #: Every cluster by name: binds, shards and the default (``None``).
         self.by_name: dict[str | None, Cluster] = dict(self.clusters)
         self.by_name.update(self.shards)
-        for cluster in self.by_name.values():
+        self.commit_mode = commit_mode
+        #: Set once the primaries were checked for two-phase commits.
+        self.two_phase_checked = False
+        # Commit order: the default cluster, the binds, then the shards.
+        self._rank: dict[sa.Engine, int] = {}
+        for rank, cluster in enumerate(self.by_name.values()):
+            self._rank[cluster.primary] = rank
+            if cluster.primary.dialect.name == "postgresql":
+                install_xid(cluster.primary, rank)
             cluster.sender = sender
             self._nodes[cluster.primary] = (cluster.name, Role.PRIMARY, 0)
             for index, engine in enumerate(cluster.replicas):
                 self._nodes[engine] = (cluster.name, Role.REPLICA, index)
+
+    def rank(self, engine: sa.Engine) -> int:
+        """The commit order of a primary engine; other engines sort last."""
+        return self._rank.get(engine, len(self._rank))
+
+    def label_of(self, engine: sa.Engine) -> str:
+        """Name the cluster of an engine for messages: ``shard 'eu'``."""
+        node = self._nodes.get(engine)
+        if node is None:
+            return repr(engine.url.render_as_string(hide_password=True))
+        return self.by_name[node[0]].label
 
     def shard(self, name: t.Any, *, context: str = "") -> Cluster:
         """Return the shard cluster called ``name``.
@@ -357,6 +381,11 @@ class PartitionSession(ShardedSession):
         # and those whose writes committed (taken by the response).
         self._pending_writes: set[str | None] = set()
         self.committed_writes: set[str | None] = set()
+        # The open transaction's commit mode, the shards it wrote to, and
+        # its global id in two-phase mode (see transactions.py).
+        self._txn_mode = router.commit_mode
+        self._txn_shards: set[str] = set()
+        self._gtrid: str | None = None
         self._bulk_shard: str | None = None
         self._scatter_lock: threading.Lock | None = None
         self.shard_chooser = router.shard_chooser or self._choose_shard
@@ -457,6 +486,10 @@ class PartitionSession(ShardedSession):
         self.written_clusters.add(cluster.name)
         if cluster.token_mode is not None:
             self._pending_writes.add(cluster.name)
+        if cluster.is_shard:
+            if self._txn_mode == "single":
+                check_single(self, [t.cast(str, cluster.name)])
+            self._txn_shards.add(t.cast(str, cluster.name))
         return self._routed(
             cluster, cluster.primary, "write" if intent is Intent.WRITE else "raw SQL"
         )
@@ -493,10 +526,17 @@ class PartitionSession(ShardedSession):
         if not cluster.replicas:
             # Documented: a cluster without replicas has only its primary.
             return self._routed(cluster, cluster.primary, "no replicas")
-        engine = self._replica_of.get(cluster.name)
+        name = cluster.name
+        engine = self._replica_of.get(name)
         reason = "raw SQL under use_replica"
-        if engine is None or engine is cluster.primary:
+        if engine is cluster.primary and name in self._reused:
+            # The session's replica failed after answering: another one may
+            # be behind what it saw, and the primary would accept a write.
+            reason = "the session's replica failed"
+        elif engine is None or engine is cluster.primary:
             engine, reason = cluster.choose(None, self._failed)
+            if engine is not cluster.primary:
+                self._replica_of[name] = engine
         if engine is cluster.primary:
             plan = _plan.get()
             raise ReadOnlyError(
@@ -520,13 +560,17 @@ class PartitionSession(ShardedSession):
             key = (header_cluster_name(cluster.name, shard=cluster.is_shard), node)
             routes[key] = routes.get(key, 0) + 1
         if routed.receivers:
-            routed.send(
-                self.router.sender,
-                cluster=cluster.name,
-                role=Role.REPLICA if node != "primary" else Role.PRIMARY,
-                node=node,
-                reason=reason,
-            )
+            try:
+                routed.send(
+                    self.router.sender,
+                    cluster=cluster.name,
+                    role=Role.REPLICA if node != "primary" else Role.PRIMARY,
+                    node=node,
+                    reason=reason,
+                )
+            except Exception:
+                # Observability must not change where a statement goes.
+                _log.exception("a 'routed' receiver raised")
         return engine
 
     # -- replica failures --------------------------------------------------
@@ -556,13 +600,13 @@ class PartitionSession(ShardedSession):
         self._release_replicas()
         super().rollback()
 
-    def _close_impl(self, *args: t.Any, **kw: t.Any) -> None:
+    def _close_impl(self, invalidate: bool, *args: t.Any, **kw: t.Any) -> None:
         # close(), reset() and invalidate() all pass here; the scoped
         # session's remove() at teardown too.
-        self._release_replicas()
-        super()._close_impl(*args, **kw)
+        self._release_replicas(invalidate=invalidate)
+        super()._close_impl(invalidate, *args, **kw)
 
-    def _release_replicas(self) -> None:
+    def _release_replicas(self, *, invalidate: bool = False) -> None:
         """End the session's transactions on replicas, quietly: they only
         read, and a replica that died since it was read must not fail the
         commit, rollback or close of the session. Runs before every commit
@@ -582,6 +626,8 @@ class PartitionSession(ShardedSession):
                 connections.pop(key, None)
                 connections.pop(connection, None)
                 try:
+                    if invalidate:
+                        connection.invalidate()
                     connection.close()
                 except sa_exc.DBAPIError:
                     # Its handle_error already marked the replica down; the
@@ -1039,7 +1085,27 @@ class PartitionSession(ShardedSession):
             )
         if self.router.shards and not self._is_clean():
             self._check_shards(plan.shard)
+            mode = (
+                self._txn_mode
+                if self._transaction is not None
+                else plan.commit_mode or self.router.commit_mode
+            )
+            if mode == "single":
+                check_single(self, self._flush_shards())
         super().flush(objects)
+
+    def _flush_shards(self) -> set[str]:
+        """The shards the pending flush writes to (after _check_shards gave
+        new rows their shard)."""
+        shards: set[str] = set()
+        for instance in [*self.new, *self.dirty, *self.deleted]:
+            state = sa.inspect(instance)
+            if self.router.shard_key(state.mapper) is None:
+                continue
+            shard = _shard_of(state)
+            if shard is not None:
+                shards.add(shard)
+        return shards
 
     def _check_related_shards(self, state: t.Any) -> None:
         """Refuse relating a sharded row to a sharded row of another shard:
@@ -1223,6 +1289,9 @@ def _before_commit(session: PartitionSession) -> None:
     transaction = session._transaction
     if transaction is not None and transaction._parent is None:
         session._release_replicas()
+
+
+sa.event.listen(PartitionSession, "after_transaction_create", on_transaction_create)
 
 
 @sa.event.listens_for(PartitionSession, "after_commit")

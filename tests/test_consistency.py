@@ -342,3 +342,17 @@ def test_raw_sql_under_use_replica_never_reaches_a_primary(
         " write. Nothing was sent to the database. Use"
         " select() constructs, or run it outside the block."
     )
+
+
+def test_a_raising_receiver_changes_no_routing(
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = _views(make_app())
+
+    def broken(sender: Flask, **info: t.Any) -> None:
+        raise RuntimeError("receiver bug")
+
+    with routed.connected_to(broken, app):
+        response = app.test_client().get("/authors")
+    assert response.status_code == 200 and response.json == {"names": []}
+    assert "a 'routed' receiver raised" in caplog.text

@@ -22,8 +22,10 @@ from flask import Flask
 from flask_partition import PrimaryUnavailableError
 from flask_partition import TOKEN_HEADER
 from flask_partition import use_primary
+from flask_partition.routing import Role
 from flask_partition.signals import replica_state_changed
 from flask_partition.testing import PostgresTopology
+from flask_partition.testing import RoutingRecorder
 from partition_models import AppFactory
 from partition_models import Author
 from partition_models import db
@@ -321,17 +323,23 @@ def test_lag_limit_skips_a_delayed_replica(
 def test_replica_dying_after_a_read_fails_neither_commit_nor_later_reads(
     pg: PostgresTopology, shop: t.Callable[..., Flask]
 ) -> None:
-    app = shop(PARTITION_REPLICAS=[pg.replicas[0].url("app")])
+    app = shop()
     assert app.test_client().post("/authors/lou").status_code == 200
     pg.wait_for_replay()
     select_names = sa.select(Author.name).order_by(Author.name)
     with app.app_context():
-        assert db.session.scalars(select_names).all() == ["lou"]
+        with RoutingRecorder(db, app) as log:
+            assert db.session.scalars(select_names).all() == ["lou"]
+        assert log.nodes() == {(Role.REPLICA, 0)}  # round robin starts at 0
         pg.stop_node(pg.replicas[0])
         try:
             # The replica already answered this session: its next read goes
-            # to the primary, never to a replica that may be further behind.
-            assert db.session.scalars(select_names).all() == ["lou"]
+            # to the primary, never to replica[1], which is healthy but may
+            # be behind what the session already saw.
+            with RoutingRecorder(db, app) as log:
+                assert db.session.scalars(select_names).all() == ["lou"]
+            # The attempt on the dead replica[0], then the primary.
+            assert log.nodes() == {(Role.REPLICA, 0), (Role.PRIMARY, 0)}
             with db.session.begin_nested():
                 db.session.add(Author(name="max"))
             db.session.commit()  # the dead replica's transaction does not fail it
@@ -348,3 +356,26 @@ def test_replica_dying_after_a_read_fails_neither_commit_nor_later_reads(
     pg.wait_for_replay()
     with app.app_context(), use_primary():
         assert db.session.scalars(select_names).all() == ["lou", "max", "ned"]
+
+
+def test_threads_waiting_for_the_first_probe_share_it(
+    pg: PostgresTopology, shop: t.Callable[..., Flask]
+) -> None:
+    app = shop(PARTITION_REPLICA_CHECK_INTERVAL=10.0)
+    with app.app_context():
+        cluster = db.get_router().default
+    probes: list[str] = []
+
+    def count(conn: t.Any, cursor: t.Any, statement: str, *args: t.Any) -> None:
+        if "pg_last_wal_replay_lsn" in statement:
+            probes.append(statement)
+
+    engine = cluster.replicas[0]
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: cluster.probe(0), range(8)))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert len(probes) == 1
+    assert all(r is not None and r is results[0] for r in results)

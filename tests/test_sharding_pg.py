@@ -30,6 +30,7 @@ from flask_partition.testing import PostgresTopology
 from flask_partition.testing import RoutingRecorder
 from shard_models import AuditEvent
 from shard_models import Customer
+from shard_models import keys_by_shard
 from shard_models import Order
 from shard_models import OrderLine
 from shard_models import payments
@@ -40,17 +41,7 @@ SHARDS = ("eu", "us", "ap")
 
 
 def _keys_by_shard(app: Flask, count: int = 3) -> dict[str, list[int]]:
-    """Customer ids that map to each shard, ``count`` per shard."""
-    shard_map = sdb.get_router(app).shard_map
-    assert shard_map is not None
-    found: dict[str, list[int]] = {name: [] for name in SHARDS}
-    key = 1
-    while any(len(v) < count for v in found.values()):
-        name = shard_map.shard_for(key)
-        if len(found[name]) < count:
-            found[name].append(key)
-        key += 1
-    return found
+    return keys_by_shard(app, SHARDS, count)
 
 
 def _token(instance: object) -> t.Any:

@@ -211,6 +211,9 @@ def test_latest_orders_merge_every_shard(
     assert [o["id"] for o in body["items"]] == [str(placed[2]), str(placed[1])]
     assert [o["shard"] for o in body["items"]] == ["us", "eu"]
     assert log.nodes("us") == log.nodes("eu") == {REPLICA}
+    # A negative or huge limit is clamped, never passed to the database.
+    assert len(json_of(client.get("/api/orders?limit=-1"))["items"]) == 1
+    assert len(json_of(client.get("/api/orders?limit=100000"))["items"]) == 3
 
 
 def test_place_order(
