@@ -10,6 +10,8 @@
     Create or drop the tables, cluster by cluster.
 ``shards``
     The shard map and the rows each shard holds.
+``recover``
+    Resolve the prepared transactions two-phase commits left behind.
 ``dev-cluster``
     Start a local PostgreSQL topology shaped like the application's config.
 
@@ -1138,6 +1140,61 @@ def export_lines(config: t.Mapping[str, t.Any]) -> list[str]:
         text = value if isinstance(value, str) else json.dumps(value)
         lines.append(f"export {key}={shlex.quote(text)}")
     return lines
+
+
+@partition_cli.command("recover")
+@click.option(
+    "--dry-run", is_flag=True, help="Show the decisions; commit or roll back nothing."
+)
+@click.option(
+    "--min-age",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds a prepared transaction must be old before it is resolved.",
+)
+def recover_command(dry_run: bool, min_age: float) -> None:
+    """Resolve prepared transactions that two-phase commits left behind.
+
+    On every PostgreSQL primary, lists Flask-Partition's prepared
+    transactions (ids 'fp1.*', this database only) and commits those whose
+    commit record exists, rolls back the others. Younger ones are left
+    ('wait'): their commit may still be running. Exits with 1 when a
+    primary cannot be reached or some are left waiting.
+    """
+    from .transactions import recover
+
+    router = _db().get_router()
+    try:
+        results = recover(router, dry_run=dry_run, min_age=min_age)
+    except sa_exc.SQLAlchemyError as error:
+        click.echo(f"Error: {_error_text(error)}", err=True)
+        raise SystemExit(EXIT_FAILED) from None
+    if not results:
+        click.echo("No prepared transactions of Flask-Partition.")
+        return
+    verbs = {"commit": "committed", "rollback": "rolled back", "wait": "left"}
+    rows = [
+        [
+            item.cluster,
+            item.gid,
+            item.prepared_at.isoformat(timespec="seconds"),
+            item.decision if dry_run else verbs[item.decision],
+        ]
+        for item in results
+    ]
+    header = ["CLUSTER", "PREPARED TRANSACTION", "PREPARED AT"]
+    header.append("DECISION" if dry_run else "DONE")
+    click.echo(_table(header, rows, set()))
+    waiting = sum(item.decision == "wait" for item in results)
+    if dry_run:
+        click.echo("Dry run: nothing was committed or rolled back.")
+    if waiting:
+        click.echo(
+            f"{_plural(waiting, 'prepared transaction')} younger than"
+            f" {min_age:g} s left alone; run again later."
+        )
+        raise SystemExit(EXIT_FAILED)
 
 
 @partition_cli.command("dev-cluster")

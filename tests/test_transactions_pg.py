@@ -256,6 +256,33 @@ def test_recover_resolves_what_a_killed_process_left_prepared(
             ("shard 'us'", f"fp1.{gtrid}.3", decision),
         ]
         assert len(_prepared(pg)) == 2  # a dry run changes nothing
+    result = app.test_cli_runner().invoke(
+        args=["partition", "recover", "--dry-run", "--min-age", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == [
+        "CLUSTER",
+        "PREPARED",
+        "TRANSACTION",
+        "PREPARED",
+        "AT",
+        "DECISION",
+    ]
+    assert sorted(line.split()[2] for line in lines[1:3]) == [
+        f"fp1.{gtrid}.2",
+        f"fp1.{gtrid}.3",
+    ]
+    assert {line.split()[-1] for line in lines[1:3]} == {decision}
+    assert lines[3] == "Dry run: nothing was committed or rolled back."
+    waiting = app.test_cli_runner().invoke(args=["partition", "recover"])
+    assert waiting.exit_code == 1
+    assert waiting.output.splitlines()[-1] == (
+        "2 prepared transactions younger than 60 s left alone; run again later."
+    )
+    assert len(_prepared(pg)) == 2
+    with app.app_context():
+        router = sdb.get_router()
         done = recover(router, min_age=0)
         assert sorted(d.decision for d in done) == [decision, decision]
         with router.default.primary.connect() as connection:
