@@ -394,8 +394,13 @@ class PartitionSession(ShardedSession):
         if router.shards:
             sa.event.listen(self, "do_orm_execute", self._on_execute, retval=True)
         else:
-            # No shards: flush asks get_bind directly, as a plain Session does.
+            # No shards: flush asks get_bind directly, as a plain Session
+            # does, and identity lookups and connections skip the sharding
+            # overrides (this is on the path of every get()).
             self.connection_callable = None  # type: ignore[assignment]
+            plain = sa_orm.Session
+            self._identity_lookup = plain._identity_lookup.__get__(self)  # type: ignore[method-assign]
+            self._connection_for_bind = plain._connection_for_bind.__get__(self)  # type: ignore[method-assign]
 
     # -- choosing an engine ------------------------------------------------
 
@@ -583,12 +588,14 @@ class PartitionSession(ShardedSession):
         # lost its connection is run again elsewhere; the statement raised
         # before returning, so no row reached the caller. Writes go to
         # primaries, whose errors carry no replica and are never retried.
-        if kw.get("_parent_execute_state") is not None:
-            return super()._execute_internal(statement, params, **kw)
         while True:
             try:
                 return super()._execute_internal(statement, params, **kw)
             except sa_exc.DBAPIError as error:
+                # Nested calls (each shard of a scatter) leave the retry to
+                # the outermost, which runs the whole statement again.
+                if kw.get("_parent_execute_state") is not None:
+                    raise
                 failed = getattr(error, "_partition_replica", None)
                 if failed is None or not self._reroute(failed):
                     raise
@@ -1075,15 +1082,17 @@ class PartitionSession(ShardedSession):
             changed, or it belongs to another shard than the pinned one;
             nothing is sent.
         """
+        if self._is_clean():
+            return  # as Session.flush does: the autoflush of every read
         plan = _plan.get()
-        if plan.read_only and not self._is_clean():
+        if plan.read_only:
             raise ReadOnlyError(
                 f"Cannot flush {len(self.new)} new, {len(self.dirty)} changed and"
                 f" {len(self.deleted)} deleted objects inside {plan.pinned_by!r}:"
                 " it only allows reads. Nothing was sent to the database. Move"
                 " the write out of the block or use 'use_primary'."
             )
-        if self.router.shards and not self._is_clean():
+        if self.router.shards:
             self._check_shards(plan.shard)
             mode = (
                 self._txn_mode
