@@ -113,7 +113,9 @@ def read_sqlalchemy_config(
                 UserWarning,
                 stacklevel=2,
             )
-    legacy = [key for key in SQLALCHEMY_KEYS if config.get(key) is not None]
+    # Flask-SQLAlchemy's own defaults (False, {}) count as unset: config
+    # classes often keep them beside the new keys.
+    legacy = [key for key in SQLALCHEMY_KEYS if config.get(key)]
     if not legacy:
         return None
     ours = [key for key in PARTITION_KEYS if config.get(key) is not None]

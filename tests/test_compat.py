@@ -121,21 +121,25 @@ def test_mixing_both_families_is_an_error() -> None:
     ) == (
         "Both Flask-Partition's keys ('PARTITION_DATABASE_URI',"
         " 'PARTITION_REPLICAS') and Flask-SQLAlchemy's keys"
-        " ('SQLALCHEMY_DATABASE_URI', 'SQLALCHEMY_ECHO') are set. Configure the"
-        " databases with one family of keys: the 'PARTITION_*' keys, or the"
-        " 'SQLALCHEMY_*' keys, which are read only when no 'PARTITION_*'"
-        " database key is set."
+        " ('SQLALCHEMY_DATABASE_URI') are set. Configure the databases with one"
+        " family of keys: the 'PARTITION_*' keys, or the 'SQLALCHEMY_*' keys,"
+        " which are read only when no 'PARTITION_*' database key is set."
     )
     assert _error(
-        ValueError, PARTITION_SHARDS={"a": "sqlite://"}, SQLALCHEMY_BINDS={}
+        ValueError,
+        PARTITION_SHARDS={"a": "sqlite://"},
+        SQLALCHEMY_BINDS={"b": "sqlite://"},
     ).startswith(
         "Both Flask-Partition's keys ('PARTITION_SHARDS') and Flask-SQLAlchemy's"
         " keys ('SQLALCHEMY_BINDS') are set."
     )
-    # None means unset, as Flask-SQLAlchemy's defaults are.
+    # None and Flask-SQLAlchemy's own defaults mean unset.
     config: dict[str, t.Any] = {
         "PARTITION_DATABASE_URI": "sqlite://",
         "SQLALCHEMY_DATABASE_URI": None,
+        "SQLALCHEMY_ECHO": False,
+        "SQLALCHEMY_BINDS": {},
+        "SQLALCHEMY_ENGINE_OPTIONS": {},
     }
     assert list(parse_config(config).clusters) == [None]
     # Keys that name no database may be used with either family.
@@ -150,7 +154,11 @@ def test_options_without_a_database() -> None:
         " to the URI of the default database, for example 'sqlite:///app.db'."
     )
     assert _error(RuntimeError, SQLALCHEMY_ECHO=True) == message
-    assert _error(RuntimeError, SQLALCHEMY_BINDS={}) == message
+    # An empty SQLALCHEMY_BINDS is Flask-SQLAlchemy's default: unset, so the
+    # missing key reported is Flask-Partition's.
+    assert _error(RuntimeError, SQLALCHEMY_BINDS={}).startswith(
+        "'PARTITION_DATABASE_URI' is not set."
+    )
 
 
 def test_bad_sqlalchemy_values_name_the_key_and_mask_passwords() -> None:
