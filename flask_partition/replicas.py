@@ -127,6 +127,22 @@ SELECT CASE WHEN pg_is_in_recovery()
             ELSE 0 END::bigint"""
 
 
+def read_probe(connection: sa.Connection) -> Probe:
+    """Read a PostgreSQL node's replay position and lag on ``connection``,
+    as the router measures them (a primary reports its own position and no
+    lag).
+
+    .. versionadded:: 0.1.0
+    """
+    row = connection.exec_driver_sql(_PROBE_SQL).one()
+    return Probe(
+        at=time.monotonic(),
+        position=parse_lsn(row[0]),
+        lag=float(row[1]),
+        lag_bytes=int(row[2]),
+    )
+
+
 class Cluster:
     """One primary engine and its replica engines, with the health and
     positions of the replicas.
@@ -413,7 +429,7 @@ class Cluster:
                 return None
             try:
                 with engine.connect() as connection:
-                    row = connection.exec_driver_sql(_PROBE_SQL).one()
+                    probe = read_probe(connection)
             except sa_exc.SQLAlchemyError as error:
                 # A pool timeout as well as a database error: the replica
                 # cannot be read now, which must not fail the user's read.
@@ -425,12 +441,6 @@ class Cluster:
                         safe_message(getattr(error, "orig", None) or error, engine),
                     )
                 return None
-            probe = Probe(
-                at=time.monotonic(),
-                position=parse_lsn(row[0]),
-                lag=float(row[1]),
-                lag_bytes=int(row[2]),
-            )
             self._probes[index] = probe
             return probe
         finally:
