@@ -42,3 +42,22 @@ class Event(Base):
     __bind_key__ = "analytics"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(50))
+
+
+def author_views(app: Flask) -> Flask:
+    """Give ``app`` two views: ``POST /authors/<name>`` adds and commits an
+    author, ``GET /authors`` lists the names.
+    """
+
+    @app.post("/authors/<name>")
+    def add_author(name: str) -> str:
+        db.session.add(Author(name=name))
+        db.session.commit()
+        return "added"
+
+    @app.get("/authors")
+    def author_names() -> dict[str, list[str]]:
+        names = db.session.scalars(sa.select(Author.name).order_by(Author.name))
+        return {"names": list(names)}
+
+    return app

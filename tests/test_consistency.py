@@ -26,6 +26,7 @@ from flask_partition.routing import Role
 from flask_partition.testing import RoutingRecorder
 from partition_models import AppFactory
 from partition_models import Author
+from partition_models import author_views
 from partition_models import db
 
 BASE = {"PARTITION_DATABASE_URI": "sqlite://"}
@@ -144,23 +145,8 @@ def test_lsn_mode_and_lag_limits_need_postgresql(make_app: AppFactory) -> None:
     make_app(PARTITION_REPLICA_MAX_LAG=2)
 
 
-def _views(app: Flask) -> Flask:
-    @app.post("/authors/<name>")
-    def add_author(name: str) -> str:
-        db.session.add(Author(name=name))
-        db.session.commit()
-        return "added"
-
-    @app.get("/authors")
-    def author_names() -> dict[str, list[str]]:
-        names = db.session.scalars(sa.select(Author.name).order_by(Author.name))
-        return {"names": list(names)}
-
-    return app
-
-
 def test_time_tokens_read_the_primary_within_the_window(make_app: AppFactory) -> None:
-    app = _views(
+    app = author_views(
         make_app(
             PARTITION_CONSISTENCY="time",
             PARTITION_CONSISTENCY_WINDOW=60.0,
@@ -182,7 +168,7 @@ def test_time_tokens_read_the_primary_within_the_window(make_app: AppFactory) ->
 
 
 def test_time_token_past_its_window_is_dropped(make_app: AppFactory) -> None:
-    app = _views(
+    app = author_views(
         make_app(
             PARTITION_CONSISTENCY="time",
             PARTITION_CONSISTENCY_WINDOW=0.0,
@@ -198,7 +184,7 @@ def test_time_token_past_its_window_is_dropped(make_app: AppFactory) -> None:
 
 
 def test_header_only_when_the_cookie_is_off(make_app: AppFactory) -> None:
-    app = _views(
+    app = author_views(
         make_app(
             PARTITION_CONSISTENCY="time",
             PARTITION_TOKEN_COOKIE=None,
@@ -215,7 +201,7 @@ def test_header_only_when_the_cookie_is_off(make_app: AppFactory) -> None:
 
 
 def test_sqlite_auto_mode_issues_no_token(make_app: AppFactory) -> None:
-    app = _views(make_app())
+    app = author_views(make_app())
     response = app.test_client().post("/authors/di")
     assert response.status_code == 200
     assert TOKEN_HEADER not in response.headers
@@ -293,7 +279,7 @@ def test_routing_decisions_are_logged_and_signalled(
 def test_token_of_clusters_no_longer_configured_is_cleared(
     make_app: AppFactory,
 ) -> None:
-    app = _views(make_app(PARTITION_CONSISTENCY="time", SECRET_KEY="s"))
+    app = author_views(make_app(PARTITION_CONSISTENCY="time", SECRET_KEY="s"))
     codec = db.get_state(app).tokens
     assert codec is not None
     token = codec.dumps({"gone": time.time()})
@@ -347,7 +333,7 @@ def test_raw_sql_under_use_replica_never_reaches_a_primary(
 def test_a_raising_receiver_changes_no_routing(
     make_app: AppFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = _views(make_app())
+    app = author_views(make_app())
 
     def broken(sender: Flask, **info: t.Any) -> None:
         raise RuntimeError("receiver bug")

@@ -28,22 +28,13 @@ from flask_partition.testing import PostgresTopology
 from flask_partition.testing import RoutingRecorder
 from partition_models import AppFactory
 from partition_models import Author
+from partition_models import author_views
 from partition_models import db
 
 
 def _shop(app: Flask) -> Flask:
-    """Give ``app`` a write view, a read view and a 503 for a lost primary."""
-
-    @app.post("/authors/<name>")
-    def add_author(name: str) -> str:
-        db.session.add(Author(name=name))
-        db.session.commit()
-        return "added"
-
-    @app.get("/authors")
-    def author_names() -> dict[str, list[str]]:
-        names = db.session.scalars(sa.select(Author.name).order_by(Author.name))
-        return {"names": list(names)}
+    """Give ``app`` the author views and a 503 for a lost primary."""
+    author_views(app)
 
     @app.errorhandler(PrimaryUnavailableError)
     def primary_down(error: PrimaryUnavailableError) -> tuple[str, int]:
