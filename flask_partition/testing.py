@@ -111,6 +111,24 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def require_postgres() -> None:
+    """In a pytest test or fixture: skip it when PostgreSQL cannot run here
+    (:func:`unavailable_reason`), and fail it instead when the ``CI``
+    environment variable is true, so a CI machine without PostgreSQL never
+    passes by skipping.
+
+    .. versionadded:: 0.1.0
+    """
+    import pytest  # a test dependency only: imported when called
+
+    reason = unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI needs PostgreSQL: {reason}")
+    pytest.skip(reason)
+
+
 @dataclasses.dataclass
 class PostgresNode:
     """One PostgreSQL server of a :class:`PostgresTopology`.

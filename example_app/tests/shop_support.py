@@ -8,28 +8,14 @@ import sys
 import typing as t
 from pathlib import Path
 
-import pytest
 from flask import Flask
 
 from example_app import sqlite_config
 from example_app.models import db
+from flask_partition.testing import require_postgres as require_postgres
 
 #: The SQLite files of the embedded setup, by short name.
 FILES = ("shop", "audit", "orders-eu", "orders-us")
-
-
-def require_postgres() -> None:
-    """Skip the calling test when PostgreSQL cannot run here; in CI fail it
-    instead, so a missing server never passes silently.
-    """
-    from flask_partition.testing import unavailable_reason
-
-    reason = unavailable_reason()
-    if reason is None:
-        return
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI needs PostgreSQL: {reason}")
-    pytest.skip(reason)
 
 
 def sqlite_config_in(folder: Path) -> dict[str, t.Any]:
