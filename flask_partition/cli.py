@@ -44,7 +44,10 @@ from .config import mask_uri
 from .config import ReplicaSettings
 from .errors import ShardingError
 from .errors import UnknownShardError
-from .replicas import parse_lsn
+from .replicas import cluster_label
+from .replicas import Probe
+from .replicas import read_probe
+from .replicas import safe_message
 from .routing import Role
 from .sharding import HashShardMap
 
@@ -52,6 +55,7 @@ if t.TYPE_CHECKING:
     from flask import Flask
 
     from .extension import PartitionDB
+    from .extension import PartitionState
     from .testing import PostgresTopology
 
 #: Exit code: the command did what it was asked; every node answered.
@@ -80,13 +84,21 @@ partition_cli = AppGroup(
 )
 
 
-def _db() -> PartitionDB:
-    db = current_app.extensions.get("partition")
+def _state(app: Flask | None = None) -> PartitionState:
+    """What :meth:`~flask_partition.PartitionDB.init_app` built for ``app``
+    (default: the current application).
+
+    :raises RuntimeError: If ``app`` has no :class:`~flask_partition.PartitionDB`.
+    """
+    if app is None:
+        app = t.cast("Flask", current_app._get_current_object())  # type: ignore[attr-defined]
+    db = app.extensions.get("partition")
     if db is None:
-        raise click.ClickException(
-            "This application has no 'PartitionDB'. Call 'db.init_app(app)' first."
+        raise RuntimeError(
+            f"The Flask app {app.name!r} has no 'PartitionDB'. Call"
+            " 'db.init_app(app)' first."
         )
-    return t.cast("PartitionDB", db)
+    return t.cast("PartitionDB", db).get_state(app)
 
 
 # -- status ---------------------------------------------------------------------
@@ -113,11 +125,14 @@ class NodeStatus:
     reachable: bool
     #: Why the node is unreachable, password masked; ``None`` when reachable.
     error: str | None = None
-    #: How many bytes of WAL the replica has not replayed yet (PostgreSQL
-    #: replicas whose primary answered); ``None`` otherwise.
+    #: How many bytes of WAL the replica has received but not replayed yet,
+    #: as the router measures it for ``PARTITION_REPLICA_MAX_LAG_BYTES``
+    #: (PostgreSQL replicas); ``None`` otherwise.
     lag_bytes: int | None = None
-    #: How long ago the last transaction the replica replayed was committed,
-    #: 0 when it has replayed everything (PostgreSQL replicas); else ``None``.
+    #: How long ago the last transaction the replica replayed was committed
+    #: while received WAL waits to be replayed, else 0, as the router
+    #: measures it for ``PARTITION_REPLICA_MAX_LAG`` (PostgreSQL replicas);
+    #: ``None`` otherwise.
     lag_seconds: float | None = None
     #: Warnings, e.g. a configured replica that is not in recovery.
     notes: tuple[str, ...] = ()
@@ -131,6 +146,12 @@ class NodeStatus:
     #: the scripts do not have, or unlike the other shards. Set on primaries
     #: only; ``None`` when the schema is current or this cannot be told.
     revision_error: str | None = None
+    #: How many bytes the replica's replay position is behind its primary's
+    #: current WAL position, received or not. Unlike :attr:`lag_bytes`, it
+    #: shows a replica cut off from its primary, which the router still
+    #: reads from. PostgreSQL replicas in recovery whose primary answered;
+    #: ``None`` otherwise.
+    behind_primary_bytes: int | None = None
 
     @property
     def name(self) -> str:
@@ -150,12 +171,10 @@ class NodeStatus:
 class _Probe:
     reachable: bool
     error: str | None = None
+    #: PostgreSQL: whether the server is a standby.
     in_recovery: bool | None = None
-    lsn: int | None = None
-    replay_age: float | None = None
-    #: Bytes the replica received but has not replayed (what
-    #: 'PARTITION_REPLICA_MAX_LAG_BYTES' limits).
-    unreplayed: int | None = None
+    #: PostgreSQL: the replay position and lag, read as the router reads them.
+    wal: Probe | None = None
     #: The primary's Alembic revisions; None when not read.
     revisions: tuple[str, ...] | None = None
     #: Why the revisions could not be read.
@@ -213,11 +232,14 @@ def check_nodes(app: Flask | None = None, *, timeout: float = 5.0) -> list[NodeS
     Each node gets a new connection (not one from the application's pools)
     with the cluster's ``connect_args`` and, on PostgreSQL and MySQL, a
     connect timeout of ``timeout`` seconds. Clusters are checked in
-    parallel. On PostgreSQL, a replica's lag is the distance between its
-    ``pg_last_wal_replay_lsn()`` and its primary's ``pg_current_wal_lsn()``,
-    in bytes, and the age of ``pg_last_xact_replay_timestamp()`` while that
-    distance is not zero. A replica beyond ``PARTITION_REPLICA_MAX_LAG`` or
-    ``PARTITION_REPLICA_MAX_LAG_BYTES`` gets a note: the app reads elsewhere.
+    parallel. On PostgreSQL, a replica's lag is read as the router reads it
+    (:meth:`Cluster.probe <flask_partition.replicas.Cluster.probe>`): the WAL
+    bytes it received but has not replayed, and the age of the last
+    transaction it replayed while such WAL waits, else 0. A replica beyond
+    ``PARTITION_REPLICA_MAX_LAG`` or ``PARTITION_REPLICA_MAX_LAG_BYTES`` gets
+    a note: the app reads elsewhere. How far its replay position is behind
+    its primary's current position is given apart, as
+    :attr:`~NodeStatus.behind_primary_bytes`.
 
     :param app: Defaults to the current application.
     :param timeout: Seconds to wait for each connection.
@@ -230,7 +252,7 @@ def check_nodes(app: Flask | None = None, *, timeout: float = 5.0) -> list[NodeS
 
 
 def _check(app: Flask, timeout: float) -> tuple[list[NodeStatus], _Scripts | None]:
-    topology = _db_of(app).get_state(app).topology
+    topology = _state(app).topology
     clusters: list[tuple[str, ClusterConfig]] = [
         ("default" if name is None else "bind", config)
         for name, config in topology.clusters.items()
@@ -256,16 +278,6 @@ def _check(app: Flask, timeout: float) -> tuple[list[NodeStatus], _Scripts | Non
     return nodes, scripts
 
 
-def _db_of(app: Flask) -> PartitionDB:
-    db = app.extensions.get("partition")
-    if db is None:
-        raise RuntimeError(
-            f"The Flask app {app.name!r} has no 'PartitionDB'. Call"
-            " 'db.init_app(app)' first."
-        )
-    return t.cast("PartitionDB", db)
-
-
 def _check_cluster(
     kind: str,
     config: ClusterConfig,
@@ -273,32 +285,21 @@ def _check_cluster(
     timeout: float,
     table: _VersionTable,
 ) -> list[NodeStatus]:
-    primary = _probe(config.primary, config, timeout, Role.PRIMARY, table)
+    primary = _probe(config.primary, config, timeout, table)
     notes: tuple[str, ...] = ()
     if primary.in_recovery:
         notes = ("in recovery: this is a standby, not a primary",)
     if primary.revision_note:
         notes += (primary.revision_note,)
-    nodes = [_status(kind, config, Role.PRIMARY, 0, primary, notes=notes)]
+    nodes = [_status(kind, config, Role.PRIMARY, 0, primary, notes)]
     for index, url in enumerate(config.replicas):
-        probe = _probe(url, config, timeout, Role.REPLICA)
-        lag_bytes: int | None = None
-        lag_seconds: float | None = None
+        probe = _probe(url, config, timeout)
         notes = ()
         if probe.in_recovery is False:
             notes = ("not in recovery: this is a primary, not a replica",)
-        elif probe.lsn is not None and primary.lsn is not None:
-            lag_bytes = max(0, primary.lsn - probe.lsn)
-            if lag_bytes == 0:
-                lag_seconds = 0.0
-            elif probe.replay_age is not None:
-                lag_seconds = max(0.0, probe.replay_age)
-            notes = _limit_notes(settings, lag_seconds, probe.unreplayed)
-        nodes.append(
-            _status(
-                kind, config, Role.REPLICA, index, probe, lag_bytes, lag_seconds, notes
-            )
-        )
+        if probe.wal is not None:
+            notes += _limit_notes(settings, probe.wal)
+        nodes.append(_status(kind, config, Role.REPLICA, index, probe, notes, primary))
     return nodes
 
 
@@ -308,11 +309,16 @@ def _status(
     role: Role,
     index: int,
     probe: _Probe,
-    lag_bytes: int | None = None,
-    lag_seconds: float | None = None,
-    notes: tuple[str, ...] = (),
+    notes: tuple[str, ...],
+    primary: _Probe | None = None,
 ) -> NodeStatus:
     url = config.primary if role is Role.PRIMARY else config.replicas[index]
+    # Only replicas have a lag; a primary's probe gives its position.
+    wal = probe.wal if role is Role.REPLICA else None
+    behind: int | None = None
+    if wal is not None and probe.in_recovery and primary is not None:
+        if primary.wal is not None:
+            behind = max(0, primary.wal.position - wal.position)
     return NodeStatus(
         cluster=config.name,
         kind=kind,
@@ -321,10 +327,11 @@ def _status(
         url=display_url(url),
         reachable=probe.reachable,
         error=probe.error,
-        lag_bytes=lag_bytes,
-        lag_seconds=lag_seconds,
+        lag_bytes=None if wal is None else wal.lag_bytes,
+        lag_seconds=None if wal is None else wal.lag,
         notes=notes,
         revisions=probe.revisions,
+        behind_primary_bytes=behind,
     )
 
 
@@ -332,9 +339,9 @@ def _probe(
     url: sa.URL,
     config: ClusterConfig,
     timeout: float,
-    role: Role,
     table: _VersionTable | None = None,
 ) -> _Probe:
+    """Connect to one node; read the revisions when ``table`` is given."""
     connect_args = dict(config.engine_options.get("connect_args") or {})
     if url.get_backend_name() in ("postgresql", "mysql", "mariadb"):
         # libpq and the MySQL drivers take whole seconds; libpq at least 2.
@@ -351,36 +358,17 @@ def _probe(
                 conn.execute(sa.text("SELECT 1"))
                 probe = _Probe(True)
             else:
-                probe = _probe_postgres(conn, role)
-            if role is Role.PRIMARY and table is not None:
+                in_recovery = conn.scalar(sa.text("SELECT pg_is_in_recovery()"))
+                probe = _Probe(
+                    True, in_recovery=bool(in_recovery), wal=read_probe(conn)
+                )
+            if table is not None:
                 _read_revisions(conn, table, probe)
             return probe
     except Exception as error:  # whatever fails, the node is not usable
-        return _Probe(False, _error_text(error))
+        return _Probe(False, _error_text(error, engine))
     finally:
         engine.dispose()
-
-
-def _probe_postgres(conn: sa.Connection, role: Role) -> _Probe:
-    in_recovery = bool(conn.scalar(sa.text("SELECT pg_is_in_recovery()")))
-    if not in_recovery:
-        lsn = conn.scalar(sa.text("SELECT pg_current_wal_lsn()::text"))
-        return _Probe(True, in_recovery=False, lsn=_lsn(lsn))
-    row = conn.execute(
-        sa.text(
-            "SELECT pg_last_wal_replay_lsn()::text,"
-            " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,"
-            " greatest(coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(),"
-            " pg_last_wal_replay_lsn()), 0), 0)::bigint"
-        )
-    ).one()
-    return _Probe(
-        True,
-        in_recovery=True,
-        lsn=_lsn(row[0]),
-        replay_age=row[1],
-        unreplayed=row[2],
-    )
 
 
 def _read_revisions(conn: sa.Connection, table: _VersionTable, probe: _Probe) -> None:
@@ -393,7 +381,8 @@ def _read_revisions(conn: sa.Connection, table: _VersionTable, probe: _Probe) ->
         rows = conn.scalars(sa.select(version.c.version_num)).all()
     except sa_exc.SQLAlchemyError as error:
         probe.revision_note = (
-            f"cannot read the revision in {table.name!r}: {_error_text(error)}"
+            f"cannot read the revision in {table.name!r}:"
+            f" {_error_text(error, conn.engine)}"
         )
         return
     probe.revisions = tuple(sorted(str(row) for row in rows))
@@ -527,28 +516,20 @@ def _shards_disagree(shards: list[NodeStatus]) -> dict[str | None, str]:
     return problems
 
 
-def _lsn(text: str | None) -> int | None:
-    return None if text is None else parse_lsn(text)
-
-
-def _limit_notes(
-    settings: ReplicaSettings, lag_seconds: float | None, unreplayed: int | None
-) -> tuple[str, ...]:
+def _limit_notes(settings: ReplicaSettings, wal: Probe) -> tuple[str, ...]:
     """Say when a replica is beyond the app's lag limits, so its reads go
-    to another replica or the primary.
+    to another replica or the primary: the test of
+    :meth:`~flask_partition.replicas.Cluster.lag_ok` on the same figures.
     """
     notes = []
-    if settings.max_lag is not None and (lag_seconds or 0) > settings.max_lag:
+    if settings.max_lag is not None and wal.lag > settings.max_lag:
         notes.append(
-            f"{lag_seconds:.3f} s behind, above 'PARTITION_REPLICA_MAX_LAG'"
+            f"{wal.lag:.3f} s behind, above 'PARTITION_REPLICA_MAX_LAG'"
             f" ({settings.max_lag:g}): the app reads elsewhere"
         )
-    if (
-        settings.max_lag_bytes is not None
-        and (unreplayed or 0) > settings.max_lag_bytes
-    ):
+    if settings.max_lag_bytes is not None and wal.lag_bytes > settings.max_lag_bytes:
         notes.append(
-            f"{unreplayed} bytes received but not replayed, above"
+            f"{wal.lag_bytes} bytes received but not replayed, above"
             f" 'PARTITION_REPLICA_MAX_LAG_BYTES' ({settings.max_lag_bytes}): the"
             " app reads elsewhere"
         )
@@ -567,16 +548,22 @@ def display_url(url: sa.URL) -> str:
     return mask_uri(url)
 
 
-def _error_text(error: BaseException) -> str:
-    """One line about ``error``, without the SQL or a password."""
+def _error_text(error: BaseException, *engines: sa.Engine) -> str:
+    """One line about ``error``: the driver's exception, without the SQL,
+    through :func:`~flask_partition.replicas.safe_message` for each of
+    ``engines``, so their passwords are masked even where echoed bare.
+    """
     cause = getattr(error, "orig", None) or error
-    text = str(cause).strip().splitlines()
-    first = text[0] if text else type(cause).__name__
-    return mask_uri(f"{type(cause).__name__}: {first}")
+    name = type(cause).__name__
+    text = f"{name}: {str(cause).strip() or name}".splitlines()[0]
+    for engine in engines:
+        text = safe_message(text, engine)
+    return mask_uri(text)
 
 
-def _label(kind: str, name: str | None) -> str:
-    return "the default cluster" if kind == "default" else f"{kind} {name!r}"
+def _capitalized(text: str) -> str:
+    """``text`` to start a sentence: ``bind 'x'`` becomes ``Bind 'x'``."""
+    return text[:1].upper() + text[1:]
 
 
 def _table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
@@ -653,7 +640,8 @@ def status_command(timeout: float, as_json: bool) -> None:
         ]  # fmt: skip
         click.echo(_table(header, rows, right={4, 5}))
         for node in nodes:
-            where = f"{_label(node.kind, node.cluster)} {node.name}"
+            label = cluster_label(node.cluster, shard=node.kind == "shard")
+            where = f"{label} {node.name}"
             if node.error:
                 click.echo(f"{where}: {node.error}", err=True)
             for note in node.notes:
@@ -719,8 +707,8 @@ def _targets(
     """The clusters the options select (all without options), checked
     before anything is done: an unknown name is a usage error.
     """
-    db = _db()
-    router = db.get_router()
+    state = _state()
+    db, router = state.db, state.router
     # The configured clusters: with only Flask-SQLAlchemy's binds there is
     # no default cluster, though the router holds a stand-in for it.
     configured = db.engines
@@ -729,7 +717,8 @@ def _targets(
     if default:
         if None not in configured:
             raise click.BadParameter(
-                "The default cluster is not configured: only binds are.",
+                f"{_capitalized(cluster_label(None))} is not configured: only"
+                " binds are.",
                 param_hint="'--default'",
             )
         keys.append(None)
@@ -737,7 +726,8 @@ def _targets(
         if name not in configured:
             known = ", ".join(repr(k) for k in configured if k is not None)
             raise click.BadParameter(
-                f"Bind {name!r} is not configured. Configured binds:"
+                f"{_capitalized(cluster_label(name))} is not configured."
+                " Configured binds:"
                 f" {known or 'none'}.",
                 param_hint="'--bind'",
             )
@@ -746,7 +736,8 @@ def _targets(
         if name not in router.shards:
             known = ", ".join(repr(k) for k in router.shards)
             raise click.BadParameter(
-                f"Shard {name!r} is not configured. Configured shards:"
+                f"{_capitalized(cluster_label(name, shard=True))} is not"
+                " configured. Configured shards:"
                 f" {known or 'none'}.",
                 param_hint="'--shard'",
             )
@@ -754,7 +745,7 @@ def _targets(
     metadatas = db.metadatas
     targets = [
         _Target(
-            "the default cluster" if key is None else f"bind {key!r}",
+            cluster_label(key),
             metadatas[key],
             configured[key],
             bind=key,
@@ -763,7 +754,7 @@ def _targets(
     ]
     targets += [
         _Target(
-            f"shard {name!r}",
+            cluster_label(name, shard=True),
             db.shard_metadata,
             router.shards[name].primary,
             shard=name,
@@ -779,20 +770,18 @@ def _unconfigured(everything: bool) -> list[str]:
     """
     if not everything:
         return []
-    db = _db()
-    router = db.get_router()
+    state = _state()
+    db, router = state.db, state.router
     configured = db.engines
     problems = []
     for key, metadata in db.metadatas.items():
         if not metadata.tables or key in configured:
             continue
         tables = ", ".join(repr(name) for name in metadata.tables)
-        if key is None:
-            where, config_key = "the default cluster", "PARTITION_DATABASE_URI"
-        else:
-            where, config_key = f"bind {key!r}", "PARTITION_BINDS"
+        config_key = "PARTITION_DATABASE_URI" if key is None else "PARTITION_BINDS"
         problems.append(
-            f"{where} (tables {tables}) is not configured; add it to {config_key!r}."
+            f"{cluster_label(key)} (tables {tables}) is not configured; add it to"
+            f" {config_key!r}."
         )
     if db.shard_metadata.tables and not router.shards:
         names = ", ".join(repr(n) for n in db.shard_metadata.tables)
@@ -807,7 +796,7 @@ def _plural(count: int, noun: str) -> str:
 
 
 def _run_on_targets(targets: list[_Target], operation: str, everything: bool) -> None:
-    db = _db()
+    db = _state().db
     failed = 0
     for target in targets:
         where = f"{target.label} ({display_url(target.engine.url)})"
@@ -825,7 +814,9 @@ def _run_on_targets(targets: list[_Target], operation: str, everything: bool) ->
             getattr(db, operation)(**kwargs)
         except (sa_exc.SQLAlchemyError, OSError) as error:
             failed += 1
-            click.echo(f"{where}: failed: {_error_text(error)}", err=True)
+            click.echo(
+                f"{where}: failed: {_error_text(error, target.engine)}", err=True
+            )
             continue
         if operation == "create_all":
             created = [table.name for table in tables if table.name not in existing]
@@ -939,8 +930,8 @@ def shards_command(keys: tuple[str, ...], as_json: bool) -> None:
     shard's replica (its primary when it has none). Exits with 1 when a
     shard cannot be read or lacks a table.
     """
-    db = _db()
-    router = db.get_router()
+    state = _state()
+    db, router = state.db, state.router
     if not router.shards:
         if keys:
             raise click.UsageError(
@@ -1005,8 +996,9 @@ def shards_command(keys: tuple[str, ...], as_json: bool) -> None:
         _print_shards(shard_map, buckets, urls, counts, errors, tables, resolved)
     for name, names in missing.items():
         click.echo(
-            f"Shard {name!r} has no table {', '.join(repr(n) for n in names)}; run"
-            f" 'flask partition create-all --shard {name}'.",
+            f"{_capitalized(cluster_label(name, shard=True))} has no table"
+            f" {', '.join(repr(n) for n in names)}; run 'flask partition"
+            f" create-all --shard {name}'.",
             err=True,
         )
     if errors or missing:
@@ -1028,7 +1020,7 @@ def _count_rows(
                 query = sa.select(sa.func.count()).select_from(table)
                 counts[table.name] = int(conn.execute(query).scalar_one())
     except sa_exc.SQLAlchemyError as error:
-        return {table.name: None for table in tables}, _error_text(error)
+        return {table.name: None for table in tables}, _error_text(error, engine)
     return counts, None
 
 
@@ -1072,7 +1064,8 @@ def _print_shards(
             table_rows.append([table.name, *cells, str(total_rows)])
         click.echo(_table(header, table_rows, set(range(1, len(header)))))
     for name, error in errors.items():
-        click.echo(f"Shard {name!r} ({urls[name]}): {error}", err=True)
+        label = _capitalized(cluster_label(name, shard=True))
+        click.echo(f"{label} ({urls[name]}): {error}", err=True)
     if resolved:
         click.echo()
         for text, entry in resolved.items():
@@ -1164,11 +1157,11 @@ def recover_command(dry_run: bool, min_age: float) -> None:
     """
     from .transactions import recover
 
-    router = _db().get_router()
+    router = _state().router
     try:
         results = recover(router, dry_run=dry_run, min_age=min_age)
     except sa_exc.SQLAlchemyError as error:
-        click.echo(f"Error: {_error_text(error)}", err=True)
+        click.echo(f"Error: {_error_text(error, *router.engines())}", err=True)
         raise SystemExit(EXIT_FAILED) from None
     if not results:
         click.echo("No prepared transactions of Flask-Partition.")
@@ -1264,7 +1257,7 @@ def dev_cluster_command(
     from .testing import PostgresTopology
     from .testing import unavailable_reason
 
-    router = _db().get_router()
+    router = _state().router
     binds = binds or tuple(k for k in router.clusters if k is not None)
     shards = shards or tuple(router.shards)
     for name in [database, *binds]:
@@ -1298,14 +1291,17 @@ def dev_cluster_command(
         assert topology.primary is not None
         click.echo(f"# Flask-Partition dev cluster in {topology.base}")
         click.echo(
-            f"#   default cluster: database {database!r} on 127.0.0.1:"
+            f"#   {cluster_label(None)}: database {database!r} on 127.0.0.1:"
             f"{topology.primary.port}, {_plural(replicas, 'replica')}"
         )
         for name in binds:
-            click.echo(f"#   bind {name!r}: database {name!r} on the same servers")
-        for name, shard in topology.shards.items():
             click.echo(
-                f"#   shard {name!r}: 127.0.0.1:{shard.primary.port},"
+                f"#   {cluster_label(name)}: database {name!r} on the same servers"
+            )
+        for name, shard in topology.shards.items():
+            label = cluster_label(name, shard=True)
+            click.echo(
+                f"#   {label}: 127.0.0.1:{shard.primary.port},"
                 f" {_plural(len(shard.replicas), 'replica')}"
             )
         click.echo("# Paste these lines into the shell that runs your app:")

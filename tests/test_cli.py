@@ -94,7 +94,7 @@ def test_status_lists_every_node(
     assert result.stderr == ""
 
 
-def test_status_json(make_app: AppFactory) -> None:
+def test_status_json(make_app: AppFactory, tmp_path: t.Any) -> None:
     result = run(make_app(), "status", "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
@@ -111,7 +111,8 @@ def test_status_json(make_app: AppFactory) -> None:
         "kind": "default",
         "role": "replica",
         "index": 0,
-        "url": data["nodes"][1]["url"],
+        # The SQLite replica as it is opened: read-only.
+        "url": f"sqlite:///file:{tmp_path}/app.db?mode=ro&uri=true",
         "reachable": True,
         "error": None,
         "lag_bytes": None,
@@ -119,6 +120,7 @@ def test_status_json(make_app: AppFactory) -> None:
         "notes": [],
         "revisions": None,
         "revision_error": None,
+        "behind_primary_bytes": None,
     }
 
 
@@ -532,6 +534,24 @@ def test_export_lines_quote_for_the_shell() -> None:
         "export PARTITION_REPLICAS='[\"postgresql+psycopg://u@h:6/app\"]'",
         'export PARTITION_SHARDS=\'{"eu": {"primary": "x\'"\'"\'y", "replicas": []}}\'',
     ]
+
+
+def test_error_text_masks_an_echoed_password() -> None:
+    """A driver may echo the password alone, outside any URL: the node's
+    engine masks it, as the router's messages do.
+    """
+    engine = sa.create_engine("postgresql+psycopg://app:s3cret@db1:5432/app")
+    error = sa.exc.OperationalError(
+        "SELECT 1",
+        {},
+        Exception(
+            "password 's3cret' rejected for postgresql://app:s3cret@db1/app\nDETAIL"
+        ),
+    )
+    assert cli._error_text(error, engine) == (
+        "Exception: password '***' rejected for postgresql://app:***@db1/app"
+    )
+    engine.dispose()
 
 
 def test_display_url_masks_passwords() -> None:

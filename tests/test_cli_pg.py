@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import time
 import typing as t
 
 import pytest
@@ -70,7 +71,7 @@ def test_status_shows_every_node(
     assert pg.primary is not None
     assert rows[0][7] == pg.primary.url("app")
     assert rows[5][7] == pg.shards["eu"].replicas[0].url("app")
-    # Primaries have no lag; caught-up replicas a number of bytes and seconds.
+    # Primaries have no lag; caught-up replicas (next to) none.
     assert rows[0][4:6] == ["-", "-"]
     for row in (rows[1], rows[2], rows[5]):
         assert int(row[4]) < 10_000 and float(row[5]) < 5
@@ -96,6 +97,7 @@ def test_status_measures_replica_lag(
     assert behind["reachable"] is True
     assert behind["lag_bytes"] > 300_000  # 3000 rows of 100+ bytes
     assert behind["lag_seconds"] > 0
+    assert behind["behind_primary_bytes"] >= 300_000
     # Beyond the app's byte limit (received, not replayed), not its 1 h one.
     (note,) = behind["notes"]
     assert re.fullmatch(
@@ -113,6 +115,58 @@ def test_status_measures_replica_lag(
     code, nodes = status(app)
     assert nodes[("eu", "replica0")]["lag_bytes"] < 10_000
     assert nodes[("eu", "replica0")]["lag_seconds"] < 5
+
+
+def test_status_lag_is_what_the_router_sees(
+    pg: PostgresTopology, make_pg_shard_app: ShardAppFactory
+) -> None:
+    """A replica cut off from its primary has replayed all it received: the
+    router sees no lag and keeps reading from it, and so does 'status'. Only
+    'behind_primary_bytes' shows how far behind the primary it is.
+    """
+    app = make_pg_shard_app(
+        PARTITION_REPLICA_MAX_LAG_BYTES=100_000, PARTITION_REPLICA_MAX_LAG=0.5
+    )
+    eu = pg.shards["eu"]
+    (replica,) = eu.replicas
+    pg.wait_for_replay(replica)
+    ((conninfo,),) = replica.query("SHOW primary_conninfo")
+    replica.query("ALTER SYSTEM SET primary_conninfo = ''")
+    replica.query("SELECT pg_reload_conf()")
+    try:
+        deadline = time.monotonic() + 10
+        while replica.query("SELECT count(*) FROM pg_stat_wal_receiver")[0][0]:
+            assert time.monotonic() < deadline, "the WAL receiver did not stop"
+            time.sleep(0.05)
+        time.sleep(1)  # its last replayed commit is older than the 0.5 s limit
+        eu.primary.query(
+            'INSERT INTO "order" (customer_id, amount, note)'
+            " SELECT i, i, repeat('x', 100) FROM generate_series(1, 3000) AS i",
+            database="app",
+        )
+        code, nodes = status(app)
+        with app.app_context():
+            cluster = sdb.get_router().shards["eu"]
+            probe = cluster.probe(0)
+            reads_it = cluster.lag_ok(0)
+    finally:
+        quoted = conninfo.replace("'", "''")
+        replica.query(f"ALTER SYSTEM SET primary_conninfo = '{quoted}'")
+        replica.query("SELECT pg_reload_conf()")
+        pg.wait_for_replay(replica)
+    assert code == 0
+    cut_off = nodes[("eu", "replica0")]
+    assert probe is not None and reads_it
+    assert (
+        (cut_off["lag_bytes"], cut_off["lag_seconds"])
+        == (
+            probe.lag_bytes,
+            probe.lag,
+        )
+        == (0, 0.0)
+    )
+    assert cut_off["notes"] == []
+    assert cut_off["behind_primary_bytes"] > 300_000
 
 
 def test_status_unreachable_node_exits_1(
