@@ -5,9 +5,6 @@ Flask-SQLAlchemy 3.x needs to keep working after changing one import::
 
 The rest of the package calls into this module at a few points:
 
--   :func:`read_sqlalchemy_config` is the fallback of
-    :func:`~flask_partition.config.parse_config` for the ``SQLALCHEMY_*``
-    keys;
 -   :class:`SQLAlchemyCompat` is a base class of
     :class:`~flask_partition.PartitionDB`: ``db.Column`` and the other
     shortcuts, ``db.Table``, ``db.relationship``, ``db.get_engine``,
@@ -18,14 +15,19 @@ The rest of the package calls into this module at a few points:
     ``db.Model``, and :func:`install_query` gives it ``Model.query``;
 -   :class:`Query` is the legacy query class with ``*_or_404`` and
     ``paginate``.
+
+Reading the ``SQLALCHEMY_*`` keys is pure, so it lives in
+:mod:`flask_partition.config` beside the ``PARTITION_*`` keys;
+:func:`read_sqlalchemy_config`, :data:`SQLALCHEMY_KEYS` and
+:data:`PARTITION_KEYS` are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing as t
-import warnings
 
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
@@ -37,9 +39,12 @@ from flask import has_app_context
 from sqlalchemy.ext.horizontal_shard import ShardedQuery
 
 from . import config as _config
+from .config import PARTITION_KEYS as PARTITION_KEYS
+from .config import read_sqlalchemy_config as read_sqlalchemy_config
+from .config import SQLALCHEMY_KEYS as SQLALCHEMY_KEYS
 from .model import PartitionModel
+from .pagination import fetch_page
 from .pagination import Pagination
-from .pagination import resolve_page_args
 from .replicas import Cluster
 from .replicas import make_policy
 
@@ -50,160 +55,6 @@ if t.TYPE_CHECKING:
     from .session import Router
 
 _T = t.TypeVar("_T")
-
-#: Flask-SQLAlchemy's database keys, read when no :data:`PARTITION_KEYS` key
-#: is set.
-SQLALCHEMY_KEYS: t.Final = (
-    "SQLALCHEMY_DATABASE_URI",
-    "SQLALCHEMY_BINDS",
-    "SQLALCHEMY_ENGINE_OPTIONS",
-    "SQLALCHEMY_ECHO",
-)
-#: The ``PARTITION_*`` keys that name databases; they cannot be mixed with
-#: :data:`SQLALCHEMY_KEYS`.
-PARTITION_KEYS: t.Final = (
-    "PARTITION_DATABASE_URI",
-    "PARTITION_REPLICAS",
-    "PARTITION_BINDS",
-    "PARTITION_SHARDS",
-    "PARTITION_ENGINE_OPTIONS",
-)
-# Flask-SQLAlchemy features Flask-Partition does not have, and what is lost.
-_UNSUPPORTED_KEYS = {
-    "SQLALCHEMY_RECORD_QUERIES": "'get_recorded_queries()' is not available",
-    "SQLALCHEMY_TRACK_MODIFICATIONS": (
-        "the 'models_committed' and 'before_models_committed' signals are not sent"
-    ),
-}
-
-
-def _quoted(keys: t.Sequence[str]) -> str:
-    return ", ".join(f"'{key}'" for key in keys)
-
-
-def read_sqlalchemy_config(
-    config: t.Mapping[str, t.Any], instance_path: str | None
-) -> dict[str | None, _config.ClusterConfig] | None:
-    """Read Flask-SQLAlchemy's database keys as Flask-SQLAlchemy 3.x does.
-
-    ``SQLALCHEMY_DATABASE_URI`` is the default cluster's primary, with
-    ``SQLALCHEMY_ENGINE_OPTIONS``. Each ``SQLALCHEMY_BINDS`` value is a URI or
-    a dict ``{"url": ..., **engine_options}``; the global engine options do
-    not apply to binds. ``SQLALCHEMY_ECHO`` sets ``echo`` and ``echo_pool``
-    of every engine that does not set them. MySQL URIs get
-    ``charset=utf8mb4`` and ``pool_recycle=7200`` unless given. There are no
-    replicas and no shards: those need the ``PARTITION_*`` keys.
-
-    :param config: The application's config.
-    :param instance_path: The folder relative SQLite paths are resolved in.
-    :return: The clusters by bind key, without ``None`` when only
-        ``SQLALCHEMY_BINDS`` is set; ``None`` when no ``SQLALCHEMY_*``
-        database key is set, so the ``PARTITION_*`` keys apply.
-    :raises ValueError: When keys of both families are set.
-    :raises RuntimeError: When ``SQLALCHEMY_*`` keys are set but name no
-        database.
-
-    .. versionadded:: 0.1.0
-    """
-    for key, lost in _UNSUPPORTED_KEYS.items():
-        if config.get(key):
-            warnings.warn(
-                f"'{key}' is set, but Flask-Partition does not support it: {lost}."
-                f" Remove '{key}' from the config.",
-                UserWarning,
-                stacklevel=2,
-            )
-    # Flask-SQLAlchemy's own defaults (False, {}) count as unset: config
-    # classes often keep them beside the new keys.
-    legacy = [key for key in SQLALCHEMY_KEYS if config.get(key)]
-    if not legacy:
-        return None
-    ours = [key for key in PARTITION_KEYS if config.get(key) is not None]
-    if ours:
-        raise ValueError(
-            f"Both Flask-Partition's keys ({_quoted(ours)}) and Flask-SQLAlchemy's"
-            f" keys ({_quoted(legacy)}) are set. Configure the databases with one"
-            " family of keys: the 'PARTITION_*' keys, or the 'SQLALCHEMY_*' keys,"
-            " which are read only when no 'PARTITION_*' database key is set."
-        )
-    echo = config.get("SQLALCHEMY_ECHO")
-    binds = _sqlalchemy_binds(config.get("SQLALCHEMY_BINDS"))
-    uri = config.get("SQLALCHEMY_DATABASE_URI")
-    if uri is not None:
-        # As in Flask-SQLAlchemy, the URI and the global options win over a
-        # None key of SQLALCHEMY_BINDS.
-        options = binds[None][2] if None in binds else {}
-        options.update(
-            _config._options(
-                config.get("SQLALCHEMY_ENGINE_OPTIONS"), "SQLALCHEMY_ENGINE_OPTIONS"
-            )
-        )
-        binds[None] = ("SQLALCHEMY_DATABASE_URI", uri, options)
-    if not binds:
-        raise RuntimeError(
-            "No database is configured: 'SQLALCHEMY_DATABASE_URI' is not set and"
-            " 'SQLALCHEMY_BINDS' names no database. Set 'SQLALCHEMY_DATABASE_URI'"
-            " to the URI of the default database, for example 'sqlite:///app.db'."
-        )
-    clusters: dict[str | None, _config.ClusterConfig] = {}
-    # The default cluster first, then the binds in their order.
-    for name in sorted(binds, key=lambda name: name is not None):
-        key, value, options = binds[name]
-        url = _mysql_defaults(_config._url(value, key, instance_path), options)
-        if echo is not None:
-            options.setdefault("echo", echo)
-            options.setdefault("echo_pool", echo)
-        clusters[name] = _config._cluster(name, url, (), options, key)
-    return clusters
-
-
-def _sqlalchemy_binds(
-    value: object,
-) -> dict[str | None, tuple[str, object, dict[str, t.Any]]]:
-    """Return each bind's config key, URI and engine options."""
-    if value is None:
-        return {}
-    if not isinstance(value, t.Mapping):
-        raise TypeError(
-            "'SQLALCHEMY_BINDS' must be a dict of bind names to database URIs or"
-            f" dicts with a 'url' key, got {_config.mask_uri(value)!r}."
-        )
-    binds: dict[str | None, tuple[str, object, dict[str, t.Any]]] = {}
-    for name, item in value.items():
-        if name is not None and (not isinstance(name, str) or not name):
-            raise TypeError(
-                f"'SQLALCHEMY_BINDS' keys must be non-empty strings, got {name!r}."
-            )
-        key = f"SQLALCHEMY_BINDS[{name!r}]"
-        if isinstance(item, (str, sa.URL)):
-            binds[name] = (key, item, {})
-        elif isinstance(item, t.Mapping):
-            if item.get("url") is None:
-                raise ValueError(
-                    f"{key} has no 'url'. A dict value is the engine options"
-                    " with the database URI under 'url'."
-                )
-            options = {k: v for k, v in item.items() if k != "url"}
-            binds[name] = (f"{key}['url']", item["url"], options)
-        else:
-            raise TypeError(
-                f"{key} must be a database URI or a dict with a 'url' key, got"
-                f" {_config.mask_uri(item)!r}."
-            )
-    return binds
-
-
-def _mysql_defaults(url: sa.URL, options: dict[str, t.Any]) -> sa.URL:
-    """Apply Flask-SQLAlchemy's MySQL defaults: 4-byte UTF-8 and connections
-    recycled before MySQL's 8-hour timeout closes them.
-    """
-    if not url.drivername.startswith("mysql"):
-        return url
-    if options.get("poolclass", sa.pool.QueuePool) is sa.pool.QueuePool:
-        options.setdefault("pool_recycle", 7200)
-    if "charset" not in url.query:
-        url = url.update_query_dict({"charset": "utf8mb4"})
-    return url
 
 
 def with_engine_defaults(
@@ -320,13 +171,14 @@ class Query(ShardedQuery[_T]):
         """Return one page of this query's results; the arguments are those
         of :meth:`~flask_partition.PartitionDB.paginate`.
         """
-        page, per_page = resolve_page_args(page, per_page, max_per_page, error_out)
-        pagination = QueryPagination(
-            self, page=page, per_page=per_page, count=count, max_per_page=max_per_page
+        return fetch_page(
+            functools.partial(QueryPagination, self),
+            page=page,
+            per_page=per_page,
+            max_per_page=max_per_page,
+            error_out=error_out,
+            count=count,
         )
-        if error_out and page > 1 and not pagination.items:
-            abort(404)
-        return pagination
 
 
 class QueryPagination(Pagination):
@@ -346,17 +198,10 @@ class QueryPagination(Pagination):
         count: bool = True,
         max_per_page: int | None = None,
     ) -> None:
+        # The query replaces the base class's session and select: only the
+        # two methods below read it.
         self._query = query
-        # The base class's session and select are only used by the methods
-        # overridden here; an empty select stands in for the statement.
-        super().__init__(
-            query.session,
-            sa.select(),
-            page=page,
-            per_page=per_page,
-            count=count,
-            max_per_page=max_per_page,
-        )
+        self._load(page=page, per_page=per_page, count=count, max_per_page=max_per_page)
 
     def _query_items(self) -> list[t.Any]:
         offset = (self.page - 1) * self.per_page
@@ -364,15 +209,6 @@ class QueryPagination(Pagination):
 
     def _query_count(self) -> int:
         return self._query.order_by(None).count()
-
-    def _at_page(self, page: int, per_page: int) -> Pagination:
-        return QueryPagination(
-            self._query,
-            page=page,
-            per_page=per_page,
-            count=False,
-            max_per_page=self.max_per_page,
-        )
 
 
 class _QueryProperty:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import typing as t
 
@@ -43,6 +44,17 @@ class Pagination:
     .. versionadded:: 0.1.0
     """
 
+    #: The current page number, starting at 1.
+    page: int
+    #: The maximum number of items on a page.
+    per_page: int
+    #: The upper bound ``per_page`` was clamped to, if any.
+    max_per_page: int | None
+    #: The items on this page.
+    items: list[t.Any]
+    #: The number of items over all pages, ``None`` when ``count=False``.
+    total: int | None
+
     def __init__(
         self,
         session: sa_orm.Session,
@@ -55,16 +67,19 @@ class Pagination:
     ) -> None:
         self._session = session
         self._select = select
-        #: The current page number, starting at 1.
+        self._load(page=page, per_page=per_page, count=count, max_per_page=max_per_page)
+
+    def _load(
+        self, *, page: int, per_page: int, count: bool, max_per_page: int | None
+    ) -> None:
+        """Set the page and run its queries. A subclass's constructor stores
+        what it paginates, then calls this instead of the base constructor.
+        """
         self.page = page
-        #: The maximum number of items on a page.
         self.per_page = per_page
-        #: The upper bound ``per_page`` was clamped to, if any.
         self.max_per_page = max_per_page
-        #: The items on this page.
-        self.items: list[t.Any] = self._query_items()
-        #: The number of items over all pages, ``None`` when ``count=False``.
-        self.total: int | None = self._query_count() if count else None
+        self.items = self._query_items()
+        self.total = self._query_count() if count else None
 
     def _query_items(self) -> list[t.Any]:
         """Run the query for the items of :attr:`page`."""
@@ -81,14 +96,12 @@ class Pagination:
 
     def _at_page(self, page: int, per_page: int) -> Pagination:
         """Return the same query at another page, without counting."""
-        return Pagination(
-            self._session,
-            self._select,
-            page=page,
-            per_page=per_page,
-            count=False,
-            max_per_page=self.max_per_page,
+        # A copy keeps what a subclass paginates without knowing it.
+        other = copy.copy(self)
+        other._load(
+            page=page, per_page=per_page, count=False, max_per_page=self.max_per_page
         )
+        return other
 
     @property
     def first(self) -> int:
@@ -207,6 +220,51 @@ class Pagination:
 
     def __iter__(self) -> t.Iterator[t.Any]:
         return iter(self.items)
+
+
+_P_co = t.TypeVar("_P_co", bound=Pagination, covariant=True)
+
+
+class PageFactory(t.Protocol[_P_co]):
+    """Make the pagination of one page: the constructor of a
+    :class:`Pagination` class with what it paginates already bound, as
+    ``functools.partial(Pagination, session, select)``.
+    """
+
+    def __call__(
+        self, *, page: int, per_page: int, count: bool, max_per_page: int | None
+    ) -> _P_co: ...
+
+
+def fetch_page(
+    make_page: PageFactory[_P_co],
+    *,
+    page: int | None,
+    per_page: int | None,
+    max_per_page: int | None,
+    error_out: bool,
+    count: bool,
+) -> _P_co:
+    """Return the page the arguments name, as Flask-SQLAlchemy's
+    ``paginate``: resolve them with :func:`resolve_page_args`, make the page
+    with ``make_page`` and abort with 404 when it is empty and not the first
+    while ``error_out`` is set.
+
+    :param make_page: Makes the page once its number and size are known.
+    :param page: The 1-based page number, ``None`` for ``?page=`` or 1.
+    :param per_page: Items per page, ``None`` for ``?per_page=`` or 20.
+    :param max_per_page: Upper bound for ``per_page``.
+    :param error_out: Abort with 404 for a bad page number or an empty page
+        after the first; otherwise correct the values.
+    :param count: Run a COUNT query to fill ``total``.
+    """
+    page, per_page = resolve_page_args(page, per_page, max_per_page, error_out)
+    pagination = make_page(
+        page=page, per_page=per_page, count=count, max_per_page=max_per_page
+    )
+    if error_out and page > 1 and not pagination.items:
+        abort(404)
+    return pagination
 
 
 def resolve_page_args(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 import pathlib
 import sqlite3
+import sys
+import threading
 import typing as t
 
 import flask_sqlalchemy
@@ -211,7 +213,33 @@ def test_unsupported_features_warn(key: str, lost: str) -> None:
         f"'{key}' is set, but Flask-Partition does not support it: {lost}."
         f" Remove '{key}' from the config."
     ]
+    assert record[0].filename == __file__
     parse_config({**config, key: False})  # off: nothing lost, no warning
+
+
+def test_unsupported_feature_warnings_point_at_the_apps_call(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The warning names the line of the application that set up the
+    extension, however deep in the package it is raised.
+    """
+    config = {"SQLALCHEMY_DATABASE_URI": "sqlite://", "SQLALCHEMY_RECORD_QUERIES": 1}
+    first = _sqlalchemy_app(tmp_path, "first", **config)
+    second = _sqlalchemy_app(tmp_path, "second", **config)
+    with pytest.warns(UserWarning) as record:
+        line = sys._getframe().f_lineno + 1
+        PartitionDB(first)
+    with pytest.warns(UserWarning) as later:
+        local = PartitionDB()
+        line_later = sys._getframe().f_lineno + 1
+        local.init_app(second)
+    assert [(w.filename, w.lineno) for w in [*record, *later]] == [
+        (__file__, line),
+        (__file__, line_later),
+    ]
+    for app in (first, second):
+        for engine in app.extensions["partition"].get_router(app).engines():
+            engine.dispose()
 
 
 def _sqlalchemy_app(
@@ -789,9 +817,55 @@ def test_shell_context_and_extension_registry(make_app: AppFactory) -> None:
     assert "db" not in quiet.make_shell_context()
 
 
-def test_scopefunc_session_option() -> None:
-    local = PartitionDB(session_options={"scopefunc": lambda: 1})
-    assert local.session.registry.scopefunc() == 1
+@pytest.mark.parametrize(
+    "scopefunc",
+    [threading.get_ident, None],  # None: SQLAlchemy's thread-local registry
+    ids=["get_ident", "thread-local"],
+)
+def test_scopefunc_session_option(
+    tmp_path: pathlib.Path, scopefunc: t.Callable[[], t.Any] | None
+) -> None:
+    """Requests work with a session scope of the user's: the hook that
+    writes the consistency token after a commit finds the session of that
+    scope (it used to crash on a thread-local registry).
+    """
+    local = PartitionDB(session_options={"scopefunc": scopefunc})
+
+    class Note(local.Model):  # type: ignore[name-defined,misc]
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    app = Flask("scoped", instance_path=str(tmp_path))
+    app.config.update(
+        SECRET_KEY="test secret",
+        PARTITION_DATABASE_URI="sqlite:///app.db",
+        PARTITION_REPLICAS=["sqlite:///app.db"],
+        PARTITION_CONSISTENCY="time",  # SQLite gets no tokens in "auto"
+    )
+    local.init_app(app)
+    with app.app_context():
+        local.create_all()
+
+    @app.post("/notes")
+    def add_note() -> str:
+        local.session.add(Note())
+        local.session.commit()
+        return "added"
+
+    @app.get("/notes")
+    def count_notes() -> str:
+        return str(local.session.scalar(sa.select(sa.func.count()).select_from(Note)))
+
+    client = app.test_client()
+    added = client.post("/notes")
+    assert (added.status_code, added.text) == (200, "added")
+    assert added.headers["X-Partition-Token"]  # read from this scope's session
+    counted = client.get(
+        "/notes", headers={"X-Partition-Token": added.headers["X-Partition-Token"]}
+    )
+    assert (counted.status_code, counted.text) == (200, "1")
+    assert not local.session.registry.has()  # removed at teardown
+    for engine in local.get_router(app).engines():
+        engine.dispose()
 
 
 # -- legacy query and helpers -------------------------------------------------

@@ -4,6 +4,8 @@ never showing a password.
 
 from __future__ import annotations
 
+import ast
+import pathlib
 import re
 import typing as t
 
@@ -11,6 +13,8 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
+from flask_partition import compat
+from flask_partition import config
 from flask_partition import PartitionDB
 from flask_partition import UnknownClusterError
 from flask_partition.config import mask_uri
@@ -199,3 +203,22 @@ def test_unknown_bind_key_in_a_model(tmp_path: t.Any) -> None:
             db.create_all()
         with pytest.raises(UnknownClusterError, match="Bind key 'nope'"):
             db.create_all(bind="nope")
+
+
+def test_config_module_is_pure() -> None:
+    """The config module imports neither Flask nor the rest of the package,
+    not even inside a function; it reads the ``SQLALCHEMY_*`` keys itself.
+    """
+    tree = ast.parse(pathlib.Path(config.__file__).read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.partition(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add("." * node.level + (node.module or ""))
+    allowed = {"__future__", "dataclasses", "os", "re", "sys", "types", "typing"}
+    assert imported <= allowed | {"warnings", "sqlalchemy"}
+    # The names of compat's API reference stay importable from compat.
+    assert compat.read_sqlalchemy_config is config.read_sqlalchemy_config
+    assert compat.SQLALCHEMY_KEYS is config.SQLALCHEMY_KEYS
+    assert compat.PARTITION_KEYS is config.PARTITION_KEYS
