@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -36,8 +37,8 @@ from .consistency import token_modes
 from .consistency import TokenCodec
 from .errors import TwoPhaseError
 from .model import make_model_base
+from .pagination import fetch_page
 from .pagination import Pagination
-from .pagination import resolve_page_args
 from .replicas import Cluster
 from .replicas import cluster_label
 from .replicas import make_policy
@@ -680,18 +681,14 @@ class PartitionDB(compat.SQLAlchemyCompat):
             page after the first; otherwise correct the values.
         :param count: Run a COUNT query to fill ``total`` and ``pages``.
         """
-        page, per_page = resolve_page_args(page, per_page, max_per_page, error_out)
-        pagination = Pagination(
-            self.session(),
-            select,
+        return fetch_page(
+            functools.partial(Pagination, self.session(), select),
             page=page,
             per_page=per_page,
-            count=count,
             max_per_page=max_per_page,
+            error_out=error_out,
+            count=count,
         )
-        if error_out and page > 1 and not pagination.items:
-            abort(404)
-        return pagination
 
     def __repr__(self) -> str:
         return f"<PartitionDB binds={sorted(k for k in self._metadatas if k)!r}>"
