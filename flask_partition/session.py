@@ -1271,11 +1271,11 @@ def _is_identity_get(orm_context: sa_orm.ORMExecuteState) -> bool:
     """
     mapper = orm_context.bind_mapper
     criteria: tuple[t.Any, ...] = getattr(orm_context.statement, "_where_criteria", ())
-    return (
-        mapper is not None
-        and len(criteria) == 1
-        and criteria[0] is mapper._get_clause[0]
-    )
+    if mapper is None or len(criteria) != 1:
+        return False
+    get_clause = mapper._get_clause[0]
+    # SQLAlchemy 2.1 uses the clause itself; 2.0 an annotated copy of it.
+    return criteria[0] is get_clause or bool(criteria[0].compare(get_clause))
 
 
 def _describe(clause: sa.ClauseElement | None) -> str:
