@@ -241,7 +241,7 @@ class PartitionDB(compat.SQLAlchemyCompat):
                 for cluster in router.by_name.values():
                     cluster.dispose()
                 raise RuntimeError(
-                    f"'PARTITION_COMMIT_MODE' is 'two_phase', but {error}"
+                    f"'PARTITION_COMMIT_MODE' is 'two_phase'. {error}"
                 ) from error
         app.extensions["partition"] = self
         app.extensions["partition.state"] = PartitionState(

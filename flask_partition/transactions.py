@@ -258,6 +258,15 @@ def ensure_two_phase(router: Router) -> None:
     """
     if router.two_phase_checked:
         return
+    if _sqlalchemy_version() < (2, 0, 58):
+        # Earlier releases fail to roll back the other connections when one
+        # PREPARE fails (sqlalchemy/sqlalchemy#13356): half-prepared work.
+        raise TwoPhaseError(
+            f"The 'two_phase' commit mode needs SQLAlchemy 2.0.58 or later"
+            f" (this is {sa.__version__}): older releases (2.0.48 was tested)"
+            " do not roll back the other clusters when one PREPARE fails."
+            " Upgrade SQLAlchemy."
+        )
     for cluster in router.by_name.values():
         engine = cluster.primary
         if engine.dialect.name != "postgresql":
@@ -279,6 +288,14 @@ def ensure_two_phase(router: Router) -> None:
             )
     commit_log.create(router.default.primary, checkfirst=True)
     router.two_phase_checked = True
+
+
+def _sqlalchemy_version() -> tuple[int, ...]:
+    parts = []
+    for part in sa.__version__.split(".")[:3]:
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
 
 
 # -- recovery -------------------------------------------------------------

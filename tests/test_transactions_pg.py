@@ -308,7 +308,26 @@ def test_two_phase_needs_postgresql(tmp_path: t.Any) -> None:
     with pytest.raises(RuntimeError) as info:
         sdb.init_app(app)
     assert str(info.value) == (
-        "'PARTITION_COMMIT_MODE' is 'two_phase', but The 'two_phase' commit"
+        "'PARTITION_COMMIT_MODE' is 'two_phase'. The 'two_phase' commit"
         " mode needs PostgreSQL, but the primary of the default cluster is"
         " 'sqlite'. Use 'best_effort' or 'single'."
+    )
+
+
+def test_two_phase_needs_a_sqlalchemy_that_rolls_back_a_failed_prepare(
+    tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sa, "__version__", "2.0.48")
+    app = Flask("twophase-old-sqlalchemy", instance_path=str(tmp_path))
+    app.config.update(
+        PARTITION_DATABASE_URI="sqlite:///app.db",
+        PARTITION_COMMIT_MODE="two_phase",
+    )
+    with pytest.raises(RuntimeError) as info:
+        sdb.init_app(app)
+    assert str(info.value) == (
+        "'PARTITION_COMMIT_MODE' is 'two_phase'. The 'two_phase' commit"
+        " mode needs SQLAlchemy 2.0.58 or later (this is 2.0.48): older"
+        " releases (2.0.48 was tested) do not roll back the other clusters"
+        " when one PREPARE fails. Upgrade SQLAlchemy."
     )
