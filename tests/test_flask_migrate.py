@@ -6,7 +6,6 @@ keys or with Flask-Partition's (a read-only SQLite replica included).
 
 from __future__ import annotations
 
-import logging
 import pathlib
 import sqlite3
 import typing as t
@@ -15,6 +14,8 @@ import pytest
 from flask import Flask
 from flask_migrate import Migrate
 
+from alembic_support import flask_db
+from alembic_support import preserved_logging
 from blog_support import partition_blog
 
 BLOG_TABLES = {"comment", "post", "post_tag", "tag", "user"}
@@ -23,29 +24,8 @@ FAMILIES = ["sqlalchemy", "partition"]
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> t.Iterator[None]:
-    """Alembic's ``env.py`` calls ``logging.config.fileConfig``, which
-    replaces the root handlers and disables every other logger; undo that.
-    """
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    loggers = {
-        name: (logger.disabled, logger.level, logger.handlers[:], logger.propagate)
-        for name, logger in logging.Logger.manager.loggerDict.items()
-        if isinstance(logger, logging.Logger)
-    }
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, logger in logging.Logger.manager.loggerDict.items():
-        if not isinstance(logger, logging.Logger):
-            continue
-        if name in loggers:
-            disabled, level, handlers, propagate = loggers[name]
-            logger.disabled, logger.propagate = disabled, propagate
-            logger.setLevel(level)
-            logger.handlers[:] = handlers
-        else:
-            logger.handlers.clear()
+    with preserved_logging():
+        yield
 
 
 def _tables(path: pathlib.Path) -> set[str]:
@@ -77,12 +57,6 @@ def _app(folder: pathlib.Path, family: str, *, bind: bool) -> Flask:
     return app
 
 
-def _flask_db(app: Flask, *args: str) -> str:
-    result = app.test_cli_runner().invoke(args=["db", *args])
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
 def _dispose(app: Flask) -> None:
     for engine in partition_blog().db.get_router(app).engines():
         engine.dispose()
@@ -93,19 +67,19 @@ def test_single_database_template(tmp_path: pathlib.Path, family: str) -> None:
     app = _app(tmp_path, family, bind=False)
     migrations = str(tmp_path / "migrations")
     try:
-        _flask_db(app, "init", "-d", migrations)
+        flask_db(app, "init", "-d", migrations)
         assert (tmp_path / "migrations" / "env.py").exists()
-        output = _flask_db(app, "migrate", "-d", migrations, "-m", "blog")
+        output = flask_db(app, "migrate", "-d", migrations, "-m", "blog")
         for table in BLOG_TABLES:
             assert f"Detected added table '{table}'" in output
         (script,) = (tmp_path / "migrations" / "versions").glob("*_blog.py")
         assert "op.create_table('post_tag'" in script.read_text()
         assert _tables(tmp_path / "app.db") == {"alembic_version"}
-        _flask_db(app, "upgrade", "-d", migrations)
+        flask_db(app, "upgrade", "-d", migrations)
         assert _tables(tmp_path / "app.db") == {"alembic_version", *BLOG_TABLES}
-        output = _flask_db(app, "migrate", "-d", migrations)
+        output = flask_db(app, "migrate", "-d", migrations)
         assert "No changes in schema detected." in output
-        _flask_db(app, "downgrade", "-d", migrations)
+        flask_db(app, "downgrade", "-d", migrations)
         assert _tables(tmp_path / "app.db") == {"alembic_version"}
     finally:
         _dispose(app)
@@ -116,14 +90,14 @@ def test_multiple_database_template(tmp_path: pathlib.Path, family: str) -> None
     app = _app(tmp_path, family, bind=True)
     migrations = str(tmp_path / "migrations")
     try:
-        _flask_db(app, "init", "--multidb", "-d", migrations)
-        output = _flask_db(app, "migrate", "-d", migrations, "-m", "blog")
+        flask_db(app, "init", "--multidb", "-d", migrations)
+        output = flask_db(app, "migrate", "-d", migrations, "-m", "blog")
         assert "Detected added table 'audit_log'" in output
         (script,) = (tmp_path / "migrations" / "versions").glob("*_blog.py")
         source = script.read_text()
         assert "def upgrade_audit():" in source
         assert "op.create_table('audit_log'" in source
-        _flask_db(app, "upgrade", "-d", migrations)
+        flask_db(app, "upgrade", "-d", migrations)
         assert _tables(tmp_path / "app.db") == {"alembic_version", *BLOG_TABLES}
         assert _tables(tmp_path / "audit.db") == {"alembic_version", "audit_log"}
         blog = partition_blog()
@@ -133,7 +107,7 @@ def test_multiple_database_template(tmp_path: pathlib.Path, family: str) -> None
             assert blog.db.session.scalars(
                 blog.db.select(blog.AuditLog.detail)
             ).all() == ["ok"]
-        _flask_db(app, "downgrade", "-d", migrations)
+        flask_db(app, "downgrade", "-d", migrations)
         assert _tables(tmp_path / "app.db") == {"alembic_version"}
         assert _tables(tmp_path / "audit.db") == {"alembic_version"}
     finally:
