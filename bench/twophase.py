@@ -75,6 +75,7 @@ from flask import Flask
 
 from flask_partition import PartitionDB
 from flask_partition import PartitionModel
+from flask_partition.testing import keys_by_shard
 from flask_partition.testing import PostgresTopology
 from flask_partition.testing import unavailable_reason
 from flask_partition.transactions import commit_log
@@ -113,16 +114,7 @@ def make_app(name: str, pg: PostgresTopology, mode: str) -> Flask:
 
 def customers(app: Flask, count: int) -> dict[str, list[int]]:
     """``count`` customer ids per shard, in the order of the keys."""
-    shard_map = db.get_router(app).shard_map
-    assert shard_map is not None
-    found: dict[str, list[int]] = {name: [] for name in SHARDS}
-    key = 1
-    while any(len(keys) < count for keys in found.values()):
-        name = shard_map.shard_for(key)
-        if len(found[name]) < count:
-            found[name].append(key)
-        key += 1
-    return found
+    return keys_by_shard(db.get_router(app).shard_map, SHARDS, count)
 
 
 @dataclasses.dataclass

@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from .routing import Role
+from .sharding import ShardMap
 
 if t.TYPE_CHECKING:
     from .extension import PartitionDB
@@ -127,6 +128,34 @@ def require_postgres() -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"CI needs PostgreSQL: {reason}")
     pytest.skip(reason)
+
+
+def keys_by_shard(
+    shard_map: ShardMap | None, shards: t.Iterable[str], count: int = 3
+) -> dict[str, list[int]]:
+    """Return the ``count`` smallest integer shard keys (from 1) that
+    ``shard_map`` sends to each of ``shards``: test data for every shard.
+
+    :param shard_map: The application's map, ``router.shard_map``.
+    :param shards: The shards to find keys for.
+    :param count: Keys per shard.
+    :raises ValueError: When a shard gets no key among the first million.
+
+    .. versionadded:: 0.1.0
+    """
+    if shard_map is None:
+        raise ValueError("'keys_by_shard' needs a shard map; no shards are set.")
+    found: dict[str, list[int]] = {name: [] for name in shards}
+    for key in range(1, 1_000_001):
+        keys = found.get(shard_map.shard_for(key))
+        if keys is not None and len(keys) < count:
+            keys.append(key)
+            if all(len(v) >= count for v in found.values()):
+                return found
+    short = sorted(name for name, v in found.items() if len(v) < count)
+    raise ValueError(
+        f"Fewer than {count} of the first million keys map to shard(s) {short!r}."
+    )
 
 
 @dataclasses.dataclass

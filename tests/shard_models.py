@@ -14,6 +14,7 @@ from sqlalchemy.orm import mapped_column
 
 from flask_partition import PartitionDB
 from flask_partition import PartitionModel
+from flask_partition import testing
 
 
 class ShardBase(PartitionModel, sa_orm.DeclarativeBase):
@@ -71,13 +72,4 @@ def keys_by_shard(
     app: Flask, shards: t.Sequence[str], count: int = 3
 ) -> dict[str, list[int]]:
     """Customer ids that map to each of ``shards``, ``count`` per shard."""
-    shard_map = sdb.get_router(app).shard_map
-    assert shard_map is not None
-    found: dict[str, list[int]] = {name: [] for name in shards}
-    key = 1
-    while any(len(v) < count for v in found.values()):
-        name = shard_map.shard_for(key)
-        if name in found and len(found[name]) < count:
-            found[name].append(key)
-        key += 1
-    return found
+    return testing.keys_by_shard(sdb.get_router(app).shard_map, shards, count)

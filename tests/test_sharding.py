@@ -44,6 +44,7 @@ from flask_partition.routing import current_plan
 from flask_partition.routing import Role
 from flask_partition.session import Router
 from flask_partition.sharding import key_bytes
+from flask_partition.testing import keys_by_shard
 from flask_partition.testing import RoutingRecorder
 from shard_models import AuditEvent
 from shard_models import Customer
@@ -82,16 +83,7 @@ class Ticket(LocalBase):
 
 def _keys(router: Router, count: int = 3) -> dict[str, list[int]]:
     """Customer ids that map to each shard, ``count`` per shard."""
-    shard_map = router.shard_map
-    assert shard_map is not None
-    found: dict[str, list[int]] = {name: [] for name in router.shards}
-    key = 0
-    while any(len(keys) < count for keys in found.values()):
-        key += 1
-        keys = found[shard_map.shard_for(key)]
-        if len(keys) < count:
-            keys.append(key)
-    return found
+    return keys_by_shard(router.shard_map, router.shards, count)
 
 
 def _query_file(folder: str, name: str, sql: str) -> list[tuple[t.Any, ...]]:
@@ -1965,3 +1957,16 @@ def test_shard_resolver_pins_requests(make_custom_app: CustomAppFactory) -> None
     response = client.get("/orders", headers={"X-Shard": "c"})
     assert response.json == {"customers": sorted(keys["c"]), "shard": "c"}
     assert current_plan().shard is None
+
+
+def test_keys_by_shard_finds_the_smallest_keys_of_each_shard() -> None:
+    by_name = KeyIsShardName()
+    assert keys_by_shard(by_name, ["3", "1"], count=1) == {"3": [3], "1": [1]}
+    with pytest.raises(ValueError) as info:
+        keys_by_shard(by_name, ["2", "z"], count=1)
+    assert str(info.value) == (
+        "Fewer than 1 of the first million keys map to shard(s) ['z']."
+    )
+    with pytest.raises(ValueError) as info:
+        keys_by_shard(None, ["a"])
+    assert str(info.value) == "'keys_by_shard' needs a shard map; no shards are set."
