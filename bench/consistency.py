@@ -50,7 +50,6 @@ import argparse
 import collections
 import contextlib
 import dataclasses
-import gc
 import operator
 import statistics
 import sys
@@ -71,7 +70,10 @@ from flask_partition.routing import Role
 from flask_partition.signals import routed
 from flask_partition.testing import PostgresTopology
 from flask_partition.testing import RoutingRecorder
-from flask_partition.testing import unavailable_reason
+from support import alternate
+from support import dispose
+from support import paired
+from support import postgres_missing
 
 TARGET = 1.05
 # The replay-position query of Cluster.probe, as seen by RoutingRecorder.
@@ -176,25 +178,16 @@ def timed(side: Side, paths: list[str], headers: dict[str, str]) -> tuple[float,
 def run_rounds(
     sides: list[Side], rounds: int, paths: list[str], headers: dict[str, str]
 ) -> None:
-    """Time the sides in turn, the order alternating; append each round's
-    times to the side's ``times`` and ``cpu``.
+    """Time the sides in alternating rounds; append each round's times to
+    the side's ``times`` and ``cpu``.
     """
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(rounds):
-            for side in sides:
-                wall, cpu = timed(side, paths, headers)
-                side.times.append(wall)
-                side.cpu.append(cpu)
-            sides = sides[::-1]
-            # Requests leave reference cycles (contexts, ORM state): free
-            # them between rounds, off the clock. The youngest generation
-            # holds them all and is quick to scan; a full collection would
-            # cost more than a round.
-            gc.collect(0)
-    finally:
-        gc.enable()
+
+    def run(side: Side, index: int) -> None:
+        wall, cpu = timed(side, paths, headers)
+        side.times.append(wall)
+        side.cpu.append(cpu)
+
+    alternate(sides, rounds, run)
 
 
 def seed(app: Flask, rows: int) -> None:
@@ -268,20 +261,6 @@ def check_routes(side: Side, routes: Routes, requests: int, reason: str) -> None
         )
 
 
-def paired(
-    a: list[float], b: list[float], combine: t.Callable[[float, float], float]
-) -> float:
-    """The median over rounds of ``combine(a, b)`` for the same round."""
-    return statistics.median(combine(x, y) for x, y in zip(a, b, strict=True))
-
-
-def dispose(app: Flask) -> None:
-    router = db.get_router(app)
-    router.close()
-    for engine in router.engines():
-        engine.dispose()
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, help="timed rounds per side (1000)")
@@ -300,9 +279,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    reason = unavailable_reason()
-    if reason is not None:
-        print(f"bench/consistency.py needs PostgreSQL: {reason}", file=sys.stderr)
+    if postgres_missing("bench/consistency.py"):
         return 2
     paths = [f"/items/{i % args.rows + 1}" for i in range(args.requests)]
     untimed = [f"/items/{i % args.rows + 1}" for i in range(args.warmup)]
@@ -319,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             "off": {"PARTITION_CONSISTENCY": "off"},
         }.items():
             app = make_app(f"bench-{name}", pg, **config)
-            stack.callback(dispose, app)
+            stack.callback(dispose, db.get_router(app))
             sides[name] = Side(
                 name=name,
                 app=app,

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import operator
 import random
 import statistics
@@ -57,6 +56,8 @@ from flask import Flask
 
 from flask_partition import PartitionDB
 from flask_partition import PartitionModel
+from support import alternate
+from support import paired
 
 TARGET = 1.10
 
@@ -186,20 +187,11 @@ def run_rounds(sides: list[Side], work: Workload, rounds: int, first: int) -> No
     """Time ``rounds`` rounds, from round index ``first``, the sides in turn
     and their order alternating.
     """
-    gc.collect()
-    gc.disable()
-    try:
-        for index in range(first, first + rounds):
-            batches = work.round_batches(index)
-            for side in sides:
-                timed(side, batches, work)
-            sides = sides[::-1]
-            # Sessions leave reference cycles (ORM state, contexts): free
-            # them between rounds, off the clock. The youngest generation
-            # holds them all and is quick to scan.
-            gc.collect(0)
-    finally:
-        gc.enable()
+    alternate(
+        sides,
+        rounds,
+        lambda side, index: timed(side, work.round_batches(first + index), work),
+    )
 
 
 def seed(engine: sa.Engine, table: sa.Table, count: int) -> None:
@@ -222,13 +214,6 @@ def count_selects(engine: sa.Engine, run: t.Callable[[], object]) -> int:
     finally:
         sa.event.remove(engine, "before_cursor_execute", listener)
     return seen[0]
-
-
-def paired(
-    a: list[float], b: list[float], combine: t.Callable[[float, float], float]
-) -> float:
-    """The median over rounds of ``combine(a, b)`` for the same round."""
-    return statistics.median(combine(x, y) for x, y in zip(a, b, strict=True))
 
 
 def positive(text: str) -> int:

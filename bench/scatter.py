@@ -52,7 +52,7 @@ from flask_partition import PartitionDB
 from flask_partition import PartitionModel
 from flask_partition import use_shard
 from flask_partition.testing import PostgresTopology
-from flask_partition.testing import unavailable_reason
+from support import postgres_missing
 
 TARGET = 1.5
 SHARDS = ("s1", "s2", "s3", "s4")
@@ -246,9 +246,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    reason = unavailable_reason()
-    if reason is not None:
-        print(f"bench/scatter.py needs PostgreSQL: {reason}", file=sys.stderr)
+    if postgres_missing("bench/scatter.py"):
         return 2
     statement = slow_count(args.sleep)
     started = time.perf_counter()

@@ -61,7 +61,6 @@ import argparse
 import collections
 import contextlib
 import dataclasses
-import gc
 import itertools
 import operator
 import statistics
@@ -77,8 +76,11 @@ from flask_partition import PartitionDB
 from flask_partition import PartitionModel
 from flask_partition.testing import keys_by_shard
 from flask_partition.testing import PostgresTopology
-from flask_partition.testing import unavailable_reason
 from flask_partition.transactions import commit_log
+from support import alternate
+from support import dispose
+from support import paired
+from support import postgres_missing
 
 LIMIT = 5.0
 SHARDS = ("s1", "s2")
@@ -156,23 +158,16 @@ def timed(side: Side, commits: int, ids: t.Iterator[int]) -> tuple[float, float]
 def run_rounds(
     sides: list[Side], rounds: int, commits: int, ids: t.Iterator[int]
 ) -> None:
-    """Time the sides in turn, the order reversed every round; append each
-    round's times to the side's ``times`` and ``cpu``.
+    """Time the sides in alternating rounds; append each round's times to
+    the side's ``times`` and ``cpu``.
     """
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(rounds):
-            for side in sides:
-                wall, cpu = timed(side, commits, ids)
-                side.times.append(wall)
-                side.cpu.append(cpu)
-            sides = sides[::-1]
-            # Units of work leave reference cycles (contexts, ORM state):
-            # free them between rounds, off the clock.
-            gc.collect(0)
-    finally:
-        gc.enable()
+
+    def run(side: Side, index: int) -> None:
+        wall, cpu = timed(side, commits, ids)
+        side.times.append(wall)
+        side.cpu.append(cpu)
+
+    alternate(sides, rounds, run)
 
 
 def classify(sql: str) -> str:
@@ -279,20 +274,6 @@ def check_database(pg: PostgresTopology, sides: list[Side]) -> None:
         raise AssertionError(f"{commit_log.name} is not empty: {left}")
 
 
-def paired(
-    a: list[float], b: list[float], combine: t.Callable[[float, float], float]
-) -> float:
-    """The median over rounds of ``combine(a, b)`` for the same round."""
-    return statistics.median(combine(x, y) for x, y in zip(a, b, strict=True))
-
-
-def dispose(app: Flask) -> None:
-    router = db.get_router(app)
-    router.close()
-    for engine in router.engines():
-        engine.dispose()
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, help="timed rounds per side (400)")
@@ -313,9 +294,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    reason = unavailable_reason()
-    if reason is not None:
-        print(f"bench/twophase.py needs PostgreSQL: {reason}", file=sys.stderr)
+    if postgres_missing("bench/twophase.py"):
         return 2
     ids = itertools.count(1)
     started = time.perf_counter()
@@ -332,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         apps: dict[str, Flask] = {}
         for mode in ("best_effort", "two_phase"):
             apps[mode] = make_app(f"bench-{mode}", pg, mode)
-            stack.callback(dispose, apps[mode])
+            stack.callback(dispose, db.get_router(apps[mode]))
         with apps["best_effort"].app_context():
             db.create_all()
         keys = customers(apps["best_effort"], 4)
