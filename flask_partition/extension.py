@@ -388,9 +388,7 @@ class PartitionDB(compat.SQLAlchemyCompat):
                         "cannot read the position of %s after a commit; the"
                         " client gets no token for it: %s",
                         cluster.label,
-                        safe_message(
-                            getattr(error, "orig", None) or error, cluster.primary
-                        ),
+                        safe_message(error, cluster.primary),
                     )
                     continue
                 if not cluster.caught_up(position):

@@ -200,12 +200,6 @@ class Cluster:
 
     # -- choosing ----------------------------------------------------------
 
-    def choose_replica(self) -> sa.Engine:
-        """Return the replica engine a new session should read from, or the
-        primary when the cluster has no healthy replica.
-        """
-        return self.choose()[0]
-
     def choose(
         self,
         position: float | None = None,
@@ -438,7 +432,7 @@ class Cluster:
                         "cannot read the replay position of replica[%d] of %s: %s",
                         index,
                         self.label,
-                        safe_message(getattr(error, "orig", None) or error, engine),
+                        safe_message(error, engine),
                     )
                 return None
             self._probes[index] = probe
@@ -476,10 +470,12 @@ class Cluster:
 
 def safe_message(error: BaseException | str, engine: sa.Engine) -> str:
     """The first line of an error, with the engine's password masked should
-    the driver have echoed it.
+    the driver have echoed it. For a SQLAlchemy error wrapping a driver's,
+    the driver's message (without the SQL).
 
     .. versionadded:: 0.1.0
     """
+    error = getattr(error, "orig", None) or error
     text = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
     password = engine.url.password
     if password:

@@ -141,7 +141,7 @@ def _commit_connections(
             message = (
                 f"Partial commit: {', '.join(committed)} committed, then the"
                 f" commit of {labels[index]} failed"
-                f" ({_first_line(error, entry[0].engine)});"
+                f" ({safe_message(error, entry[0].engine)});"
                 f" rolled back: {', '.join(rolled_back) or 'nothing else'}."
                 " Use 'two_phase' mode where this must not happen."
             )
@@ -168,7 +168,7 @@ def _commit_prepared(
                 " commit is decided, 'flask partition recover' completes it",
                 gtrid,
                 label,
-                _first_line(error, entry[0].engine),
+                safe_message(error, entry[0].engine),
             )
             failed.append(label)
     if failed:
@@ -191,10 +191,6 @@ def write_commit_record(router: Router, gtrid: str) -> None:
     with router.default.primary.connect() as connection:
         connection.execute(commit_log.insert().values(gtrid=gtrid))
         connection.commit()
-
-
-def _first_line(error: BaseException, engine: sa.Engine) -> str:
-    return safe_message(getattr(error, "orig", None) or error, engine)
 
 
 # -- session hooks --------------------------------------------------------
