@@ -377,14 +377,13 @@ class PartitionSession(ShardedSession):
         # replicas that failed in this session: see _reroute.
         self._reused: set[str | None] = set()
         self._failed: set[sa.Engine] = set()
-        # Clusters with consistency tokens written in the open transaction,
-        # and those whose writes committed (taken by the response).
-        self._pending_writes: set[str | None] = set()
+        # Clusters written in the open transaction, and those with
+        # consistency tokens whose writes committed (taken by the response).
+        self._txn_written: set[str | None] = set()
         self.committed_writes: set[str | None] = set()
-        # The open transaction's commit mode, the shards it wrote to, and
-        # its global id in two-phase mode (see transactions.py).
+        # The open transaction's commit mode and, in two-phase mode, its
+        # global id (see transactions.py).
         self._txn_mode = router.commit_mode
-        self._txn_shards: set[str] = set()
         self._gtrid: str | None = None
         self._bulk_shard: str | None = None
         self._scatter_lock: threading.Lock | None = None
@@ -489,12 +488,9 @@ class PartitionSession(ShardedSession):
                 )
             return self._raw_on_replica(cluster)
         self.written_clusters.add(cluster.name)
-        if cluster.token_mode is not None:
-            self._pending_writes.add(cluster.name)
-        if cluster.is_shard:
-            if self._txn_mode == "single":
-                check_single(self, [t.cast(str, cluster.name)])
-            self._txn_shards.add(t.cast(str, cluster.name))
+        if cluster.is_shard and self._txn_mode == "single":
+            check_single(self, [t.cast(str, cluster.name)])
+        self._txn_written.add(cluster.name)
         return self._routed(
             cluster, cluster.primary, "write" if intent is Intent.WRITE else "raw SQL"
         )
@@ -1305,13 +1301,15 @@ sa.event.listen(PartitionSession, "after_transaction_create", on_transaction_cre
 
 @sa.event.listens_for(PartitionSession, "after_commit")
 def _after_commit(session: PartitionSession) -> None:
-    if session._pending_writes:
-        session.committed_writes |= session._pending_writes
+    by_name = session.router.by_name
+    session.committed_writes.update(
+        name for name in session._txn_written if by_name[name].token_mode is not None
+    )
 
 
 @sa.event.listens_for(PartitionSession, "after_transaction_end")
 def _after_transaction_end(
     session: PartitionSession, transaction: sa_orm.SessionTransaction
 ) -> None:
-    if transaction.parent is None and session._pending_writes:
-        session._pending_writes.clear()
+    if transaction.parent is None:
+        session._txn_written.clear()

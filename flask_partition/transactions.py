@@ -210,7 +210,6 @@ def on_transaction_create(
     transaction.__class__ = PartitionTransaction
     mode = _plan.get().commit_mode or session.router.commit_mode
     session._txn_mode = mode
-    session._txn_shards.clear()
     if mode == "two_phase":
         ensure_two_phase(session.router)
         session.twophase = True
@@ -405,7 +404,9 @@ def check_single(session: PartitionSession, shards: t.Iterable[str]) -> None:
     :param shards: Shards about to be written.
     :raises CrossShardWriteError: Before any SQL for a second shard is sent.
     """
-    touched = set(session._txn_shards) | set(shards)
+    shards_of_router = session.router.shards
+    touched = {n for n in session._txn_written if n in shards_of_router}
+    touched.update(shards)
     if len(touched) > 1:
         names = ", ".join(repr(s) for s in sorted(touched))
         raise CrossShardWriteError(
