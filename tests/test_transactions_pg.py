@@ -299,26 +299,32 @@ def test_recover_resolves_what_a_killed_process_left_prepared(
         )
 
 
-def test_two_phase_needs_postgresql(tmp_path: t.Any) -> None:
-    app = Flask("twophase-sqlite", instance_path=str(tmp_path))
-    app.config.update(
-        PARTITION_DATABASE_URI="sqlite:///app.db",
-        PARTITION_COMMIT_MODE="two_phase",
-    )
-    with pytest.raises(RuntimeError) as info:
-        sdb.init_app(app)
-    assert str(info.value) == (
-        "'PARTITION_COMMIT_MODE' is 'two_phase'. The 'two_phase' commit"
-        " mode needs PostgreSQL, but the primary of the default cluster is"
-        " 'sqlite'. Use 'best_effort' or 'single'."
-    )
-
-
-def test_two_phase_needs_a_sqlalchemy_that_rolls_back_a_failed_prepare(
-    tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("version", "reason"),
+    [
+        (
+            None,
+            "needs PostgreSQL, but the primary of the default cluster is"
+            " 'sqlite'. Use 'best_effort' or 'single'.",
+        ),
+        (
+            "2.0.48",
+            "needs SQLAlchemy 2.0.58 or later (this is 2.0.48): older"
+            " releases (2.0.48 was tested) do not roll back the other clusters"
+            " when one PREPARE fails. Upgrade SQLAlchemy.",
+        ),
+    ],
+    ids=["sqlite", "old-sqlalchemy"],
+)
+def test_two_phase_refuses_to_start_where_it_cannot_work(
+    tmp_path: t.Any,
+    monkeypatch: pytest.MonkeyPatch,
+    version: str | None,
+    reason: str,
 ) -> None:
-    monkeypatch.setattr(sa, "__version__", "2.0.48")
-    app = Flask("twophase-old-sqlalchemy", instance_path=str(tmp_path))
+    if version is not None:
+        monkeypatch.setattr(sa, "__version__", version)
+    app = Flask("twophase-refused", instance_path=str(tmp_path))
     app.config.update(
         PARTITION_DATABASE_URI="sqlite:///app.db",
         PARTITION_COMMIT_MODE="two_phase",
@@ -326,8 +332,5 @@ def test_two_phase_needs_a_sqlalchemy_that_rolls_back_a_failed_prepare(
     with pytest.raises(RuntimeError) as info:
         sdb.init_app(app)
     assert str(info.value) == (
-        "'PARTITION_COMMIT_MODE' is 'two_phase'. The 'two_phase' commit"
-        " mode needs SQLAlchemy 2.0.58 or later (this is 2.0.48): older"
-        " releases (2.0.48 was tested) do not roll back the other clusters"
-        " when one PREPARE fails. Upgrade SQLAlchemy."
+        "'PARTITION_COMMIT_MODE' is 'two_phase'. The 'two_phase' commit mode " + reason
     )
