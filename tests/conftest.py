@@ -5,6 +5,7 @@ import typing as t
 import pytest
 from flask import Flask
 
+from flask_partition import PartitionDB
 from flask_partition.testing import PostgresTopology
 from partition_models import AppFactory
 from partition_models import db
@@ -13,8 +14,8 @@ from shard_models import sdb
 from shard_models import ShardAppFactory
 
 
-def _dispose(app: Flask) -> None:
-    for engine in db.get_router(app).engines():
+def _dispose(app: Flask, extension: PartitionDB = db) -> None:
+    for engine in extension.get_router(app).engines():
         engine.dispose()
 
 
@@ -110,11 +111,6 @@ def pg_app(make_pg_app: AppFactory) -> Flask:
     return make_pg_app()
 
 
-def _dispose_shard_app(app: Flask) -> None:
-    for engine in sdb.get_router(app).engines():
-        engine.dispose()
-
-
 @pytest.fixture
 def make_shard_app(tmp_path: t.Any) -> t.Iterator[ShardAppFactory]:
     """Build an app of :mod:`shard_models` on SQLite files: the default
@@ -145,7 +141,7 @@ def make_shard_app(tmp_path: t.Any) -> t.Iterator[ShardAppFactory]:
 
     yield factory
     for app in apps:
-        _dispose_shard_app(app)
+        _dispose(app, sdb)
 
 
 @pytest.fixture
@@ -183,4 +179,4 @@ def make_pg_shard_app(pg: PostgresTopology) -> t.Iterator[ShardAppFactory]:
             pg.resume_replay(*shard.replicas)
     pg.resume_replay()
     for app in apps:
-        _dispose_shard_app(app)
+        _dispose(app, sdb)
