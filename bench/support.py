@@ -18,7 +18,7 @@ import typing as t
 from flask_partition.testing import unavailable_reason
 
 if t.TYPE_CHECKING:
-    from flask_partition.session import Router
+    from flask_partition.topology import Router
 
 S = t.TypeVar("S")
 

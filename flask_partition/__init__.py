@@ -23,13 +23,13 @@ from .errors import UnknownShardError as UnknownShardError
 from .extension import PartitionDB as PartitionDB
 from .model import PartitionModel as PartitionModel
 from .pagination import Pagination as Pagination
-from .session import ALL_SHARDS as ALL_SHARDS
 from .session import PartitionSession as PartitionSession
-from .sharding import DirectoryShardMap as DirectoryShardMap
-from .sharding import HashShardMap as HashShardMap
-from .sharding import KeyIsShardName as KeyIsShardName
-from .sharding import RangeShardMap as RangeShardMap
-from .sharding import ShardMap as ShardMap
+from .sharding.executor import ALL_SHARDS as ALL_SHARDS
+from .sharding.maps import DirectoryShardMap as DirectoryShardMap
+from .sharding.maps import HashShardMap as HashShardMap
+from .sharding.maps import KeyIsShardName as KeyIsShardName
+from .sharding.maps import RangeShardMap as RangeShardMap
+from .sharding.maps import ShardMap as ShardMap
 from .signals import replica_state_changed as replica_state_changed
 from .signals import routed as routed
 

@@ -48,8 +48,8 @@ from .replicas import cluster_label
 from .replicas import Probe
 from .replicas import read_probe
 from .replicas import safe_message
-from .routing import Role
-from .sharding import HashShardMap
+from .routing.plan import Role
+from .sharding.maps import HashShardMap
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -1155,7 +1155,7 @@ def recover_command(dry_run: bool, min_age: float) -> None:
     ('wait'): their commit may still be running. Exits with 1 when a
     primary cannot be reached or some are left waiting.
     """
-    from .transactions import recover
+    from .transactions.recovery import recover
 
     router = _state().router
     try:

@@ -52,7 +52,7 @@ if t.TYPE_CHECKING:
     from flask import Flask
 
     from .model import MetadataSource
-    from .session import Router
+    from .topology import Router
 
 _T = t.TypeVar("_T")
 

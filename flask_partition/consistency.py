@@ -9,15 +9,26 @@ from a replica only if the replica has replayed past the position.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 import typing as t
 
+import sqlalchemy.exc as sa_exc
 from itsdangerous import BadData
 from itsdangerous import URLSafeTimedSerializer
 
 from .config import ConsistencySettings
 from .config import Topology
+from .replicas import Cluster
 from .replicas import cluster_label
+from .replicas import safe_message
+
+if t.TYPE_CHECKING:
+    from flask import Request
+    from flask import Response
+
+_log = logging.getLogger("flask_partition")
 
 #: The request and response header that carries the token for API clients.
 #:
@@ -152,18 +163,110 @@ def _parse(payload: object) -> Positions | None:
     return positions
 
 
-def describe_routes(routes: t.Mapping[tuple[str, str], int]) -> str:
-    """Format the debug header: ``default/replica[0] x2, bind:audit/primary x1``.
+class TokenCarrier:
+    """Read the client's token from a request and give it a new one in the
+    response: the cookie and the :data:`TOKEN_HEADER` header.
 
-    :param routes: Counts by (cluster, node).
+    :param codec: Signs and reads tokens.
+    :param settings: The cookie name and the maximum age.
+    :param clusters: Every cluster by name.
+
+    .. versionadded:: 0.1.0
     """
-    return ", ".join(
-        f"{cluster}/{node} x{count}" for (cluster, node), count in routes.items()
-    )
 
+    def __init__(
+        self,
+        codec: TokenCodec,
+        settings: ConsistencySettings,
+        clusters: t.Mapping[str | None, Cluster],
+    ) -> None:
+        self.codec = codec
+        self.settings = settings
+        self.clusters = clusters
 
-def header_cluster_name(name: str | None, *, shard: bool) -> str:
-    """Name a cluster in the debug header: ``default``, ``bind:x``, ``shard:x``."""
-    if name is None:
-        return "default"
-    return f"shard:{name}" if shard else f"bind:{name}"
+    def read(self, request: Request) -> tuple[int, Positions | None]:
+        """Return how many positions the client's token holds, and those
+        that still matter: for a cluster that takes tokens (the names are
+        signed by us, but perhaps under an older config) and that not every
+        replica has replayed yet.
+        """
+        text = request.headers.get(TOKEN_HEADER)
+        cookie = self.settings.cookie
+        if not text and cookie is not None:
+            text = request.cookies.get(cookie)
+        if not text:
+            return 0, None
+        positions = self.codec.loads(text, time.time())
+        if not positions:
+            return 0, None
+        pending = {}
+        for name, position in positions.items():
+            cluster = self.clusters.get(name)
+            if cluster is not None and cluster.token_mode is not None:
+                if not cluster.caught_up(position):
+                    pending[name] = position
+        return len(positions), pending or None
+
+    def write(
+        self,
+        request: Request,
+        response: Response,
+        committed: t.Collection[str | None],
+        before: Positions | None,
+        sent: int,
+    ) -> None:
+        """Give the client a token for the clusters this request committed
+        writes to and the positions it brought, without those every replica
+        has replayed; remove the client's token when none is left.
+
+        :param committed: Clusters with tokens this request committed to.
+        :param before: The positions of the client's token still pending.
+        :param sent: How many positions the client's token held.
+        """
+        if not committed and len(before or ()) == sent:
+            return  # nothing new, and the client's token is still exact
+        positions = dict(before or {})
+        for name in committed:
+            position = self._position_after_commit(self.clusters[name])
+            if position is not None:
+                positions[name] = max(position, positions.get(name, 0))
+        if positions == (before or {}) and len(positions) == sent:
+            return
+        if positions:
+            self._set(request, response, self.codec.dumps(positions))
+        elif sent:
+            self._clear(request, response)
+
+    def _position_after_commit(self, cluster: Cluster) -> float | None:
+        try:
+            position = cluster.position()
+        except sa_exc.SQLAlchemyError as error:
+            # The write committed: the response must not fail now.
+            _log.warning(
+                "cannot read the position of %s after a commit; the"
+                " client gets no token for it: %s",
+                cluster.label,
+                safe_message(error, cluster.primary),
+            )
+            return None
+        return None if cluster.caught_up(position) else position
+
+    def _set(self, request: Request, response: Response, text: str) -> None:
+        response.headers[TOKEN_HEADER] = text
+        if self.settings.cookie is not None:
+            response.set_cookie(
+                self.settings.cookie,
+                text,
+                max_age=int(self.settings.max_age),
+                secure=request.is_secure,
+                httponly=True,
+                samesite="Lax",
+            )
+
+    def _clear(self, request: Request, response: Response) -> None:
+        response.headers[TOKEN_HEADER] = ""
+        cookie = self.settings.cookie
+        if cookie is not None and cookie in request.cookies:
+            response.delete_cookie(
+                cookie, secure=request.is_secure, httponly=True, samesite="Lax"
+            )

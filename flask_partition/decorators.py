@@ -13,9 +13,9 @@ from flask import current_app
 from flask import has_app_context
 
 from .config import check_commit_mode
-from .routing import _plan
-from .routing import Plan
-from .routing import Role
+from .routing.plan import _plan
+from .routing.plan import Plan
+from .routing.plan import Role
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 

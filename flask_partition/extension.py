@@ -8,8 +8,6 @@ import contextvars
 import dataclasses
 import functools
 import logging
-import os
-import time
 import typing as t
 
 import sqlalchemy as sa
@@ -25,31 +23,25 @@ from flask.globals import app_ctx
 
 from . import compat
 from .cli import partition_cli
-from .config import ClusterConfig
-from .config import mask_uri
 from .config import parse_config
-from .config import sqlite_file
 from .config import Topology
-from .consistency import describe_routes
 from .consistency import ROUTE_HEADER
-from .consistency import TOKEN_HEADER
 from .consistency import token_modes
+from .consistency import TokenCarrier
 from .consistency import TokenCodec
 from .errors import TwoPhaseError
 from .model import make_model_base
 from .pagination import fetch_page
 from .pagination import Pagination
-from .replicas import Cluster
-from .replicas import cluster_label
-from .replicas import make_policy
-from .replicas import safe_message
-from .routing import _plan
-from .routing import _routes
-from .routing import Plan
+from .routing.plan import _plan
+from .routing.plan import Plan
+from .routing.trace import _routes
+from .routing.trace import describe_routes
 from .session import PartitionSession
-from .session import Router
-from .sharding import ShardMap
-from .transactions import ensure_two_phase
+from .sharding.maps import ShardMap
+from .topology import build_router
+from .topology import Router
+from .transactions.twophase import ensure_two_phase
 
 _T = t.TypeVar("_T")
 _log = logging.getLogger("flask_partition")
@@ -73,6 +65,8 @@ class PartitionState:
     router: Router
     #: Signs and reads consistency tokens; ``None`` when no cluster uses them.
     tokens: TokenCodec | None = None
+    #: Carries them in requests and responses; ``None`` as for ``tokens``.
+    carrier: TokenCarrier | None = None
 
 
 @dataclasses.dataclass
@@ -206,7 +200,6 @@ class PartitionDB(compat.SQLAlchemyCompat):
         topology = parse_config(app.config, instance_path=app.instance_path)
         topology = compat.with_engine_defaults(topology, self._engine_options)
         modes = token_modes(topology)
-        _check_replica_settings(topology)
         if modes and not topology.consistency.secret_keys:
             raise RuntimeError(
                 "Consistency tokens must be signed, but neither 'SECRET_KEY' nor"
@@ -214,26 +207,15 @@ class PartitionDB(compat.SQLAlchemyCompat):
                 " 'PARTITION_CONSISTENCY' to 'off' to give up read-your-writes"
                 " across requests."
             )
-        clusters = {
-            name: self._make_cluster(cluster, topology, modes.get(name))
-            for name, cluster in topology.clusters.items()
-        }
-        if None not in clusters:  # only SQLALCHEMY_BINDS are configured
-            clusters[None] = compat.no_default_cluster()
-        shards = {
-            name: self._make_cluster(cluster, topology, modes.get(name))
-            for name, cluster in topology.shards.items()
-        }
-        for name in topology.clusters:
-            self._metadata_for(name)
-        router = Router(
-            clusters,
-            shards,
-            scatter_workers=topology.scatter_workers,
+        router = build_router(
+            topology,
+            modes,
             sender=app,
-            commit_mode=topology.commit_mode,
+            missing_default=compat.no_default_cluster,
             **self._shard_options,
         )
+        for name in topology.clusters:
+            self._metadata_for(name)
         if topology.commit_mode == "two_phase":
             try:
                 ensure_two_phase(router)
@@ -243,12 +225,17 @@ class PartitionDB(compat.SQLAlchemyCompat):
                 raise RuntimeError(
                     f"'PARTITION_COMMIT_MODE' is 'two_phase'. {error}"
                 ) from error
+        codec = TokenCodec(topology.consistency) if modes else None
+        carrier = None
+        if codec is not None:
+            carrier = TokenCarrier(codec, topology.consistency, router.by_name)
         app.extensions["partition"] = self
         app.extensions["partition.state"] = PartitionState(
             db=self,
             topology=topology,
             router=router,
-            tokens=TokenCodec(topology.consistency) if modes else None,
+            tokens=codec,
+            carrier=carrier,
         )
         # Where Flask-SQLAlchemy registers itself, for code that looks there.
         app.extensions.setdefault("sqlalchemy", self)
@@ -296,7 +283,8 @@ class PartitionDB(compat.SQLAlchemyCompat):
             shard = self._shard_resolver()
             if shard is not None and shard not in state.router.shards:
                 abort(404, description=f"Unknown shard {str(shard)[:64]!r}.")
-        sent, positions = self._read_token(state) if state.tokens else (0, None)
+        carrier = state.carrier
+        sent, positions = carrier.read(request) if carrier is not None else (0, None)
         routes: dict[tuple[str, str], int] | None = (
             {} if state.topology.debug_header else None
         )
@@ -321,102 +309,29 @@ class PartitionDB(compat.SQLAlchemyCompat):
         if routes is not None:
             context.routes_token = _routes.set(routes)
 
-    def _read_token(
-        self, state: PartitionState
-    ) -> tuple[int, dict[str | None, float] | None]:
-        """Return how many positions the client's token holds, and those
-        that still matter: for a cluster that takes tokens (the names are
-        signed by us, but perhaps under an older config) and that not every
-        replica has replayed yet.
-        """
-        assert state.tokens is not None
-        text = request.headers.get(TOKEN_HEADER)
-        cookie = state.topology.consistency.cookie
-        if not text and cookie is not None:
-            text = request.cookies.get(cookie)
-        if not text:
-            return 0, None
-        positions = state.tokens.loads(text, time.time())
-        if not positions:
-            return 0, None
-        by_name = state.router.by_name
-        pending = {}
-        for name, position in positions.items():
-            cluster = by_name.get(name)
-            if cluster is not None and cluster.token_mode is not None:
-                if not cluster.caught_up(position):
-                    pending[name] = position
-        return len(positions), pending or None
-
     def _after_request(self, response: Response) -> Response:
         """Give the client a token for the clusters this request committed
-        writes to, without the positions every replica has replayed. Add the
-        debug header when it is on.
+        writes to (see :class:`~flask_partition.consistency.TokenCarrier`).
+        Add the debug header when it is on.
         """
         state = self.get_state()
         context: _RequestContext | None = g.get("_partition")
-        if state.tokens is not None:
-            self._write_token(state, response, context)
+        if state.carrier is not None:
+            committed: set[str | None] = set()
+            if self.session.registry.has():
+                txn = self.session().txn
+                committed = set(txn.committed)
+                txn.committed.clear()
+            state.carrier.write(
+                request,
+                response,
+                committed,
+                context.positions if context is not None else None,
+                context.sent if context is not None else 0,
+            )
         if context is not None and context.routes is not None:
             response.headers[ROUTE_HEADER] = describe_routes(context.routes)
         return response
-
-    def _write_token(
-        self,
-        state: PartitionState,
-        response: Response,
-        context: _RequestContext | None,
-    ) -> None:
-        assert state.tokens is not None
-        session = self.session() if self.session.registry.has() else None
-        written = session.committed_writes if session is not None else None
-        before = context.positions if context is not None else None
-        sent = context.sent if context is not None else 0
-        if not written and len(before or ()) == sent:
-            return  # nothing new, and the client's token is still exact
-        positions = dict(before or {})
-        if written:
-            assert session is not None
-            session.committed_writes = set()
-            for name in written:
-                cluster = state.router.by_name[name]
-                try:
-                    position = cluster.position()
-                except sa_exc.SQLAlchemyError as error:
-                    # The write committed: the response must not fail now.
-                    _log.warning(
-                        "cannot read the position of %s after a commit; the"
-                        " client gets no token for it: %s",
-                        cluster.label,
-                        safe_message(error, cluster.primary),
-                    )
-                    continue
-                if not cluster.caught_up(position):
-                    positions[name] = max(position, positions.get(name, 0))
-        if positions == (before or {}) and len(positions) == sent:
-            return
-        consistency = state.topology.consistency
-        if positions:
-            text = state.tokens.dumps(positions)
-            response.headers[TOKEN_HEADER] = text
-            if consistency.cookie is not None:
-                response.set_cookie(
-                    consistency.cookie,
-                    text,
-                    max_age=int(consistency.max_age),
-                    secure=request.is_secure,
-                    httponly=True,
-                    samesite="Lax",
-                )
-        elif sent:
-            response.headers[TOKEN_HEADER] = ""
-            if consistency.cookie is not None and consistency.cookie in request.cookies:
-                response.delete_cookie(
-                    consistency.cookie,
-                    secure=request.is_secure,
-                    httponly=True,
-                    samesite="Lax",
-                )
 
     def _reset_request(self, exc: BaseException | None) -> None:
         context: _RequestContext | None = g.pop("_partition", None)
@@ -426,25 +341,6 @@ class PartitionDB(compat.SQLAlchemyCompat):
             _plan.reset(context.plan_token)
         if context.routes_token is not None:
             _routes.reset(context.routes_token)
-
-    def _make_cluster(
-        self, config: ClusterConfig, topology: Topology, token_mode: str | None
-    ) -> Cluster:
-        primary = _create_engine(config.primary, config)
-        replicas = [
-            _create_engine(url, config, replica=index)
-            for index, url in enumerate(config.replicas)
-        ]
-        return Cluster(
-            config.name,
-            primary,
-            replicas,
-            make_policy(topology.replica_policy),
-            is_shard=config.is_shard,
-            settings=topology.replica_settings,
-            token_mode=token_mode,
-            window=topology.consistency.window,
-        )
 
     def _teardown_session(self, exc: BaseException | None) -> None:
         self.session.remove()
@@ -699,64 +595,3 @@ def _bind_arg(bind: t.Any, bind_key: t.Any) -> t.Any:
     if bind is not _UNSET:
         raise TypeError("Pass 'bind' or its alias 'bind_key', not both.")
     return bind_key
-
-
-def _check_replica_settings(topology: Topology) -> None:
-    """Lag limits need replicas that report their lag: PostgreSQL (SQLite
-    replicas are the primary's file and never lag).
-    """
-    settings = topology.replica_settings
-    if settings.max_lag is None and settings.max_lag_bytes is None:
-        return
-    key = (
-        "PARTITION_REPLICA_MAX_LAG"
-        if settings.max_lag is not None
-        else "PARTITION_REPLICA_MAX_LAG_BYTES"
-    )
-    for config in [*topology.clusters.values(), *topology.shards.values()]:
-        for url in config.replicas:
-            backend = url.get_backend_name()
-            if backend not in ("postgresql", "sqlite"):
-                label = cluster_label(config.name, shard=config.is_shard)
-                raise ValueError(
-                    f"'{key}' is set, but a replica of {label} uses {backend!r},"
-                    " whose lag cannot be measured; lag limits need PostgreSQL"
-                    " replicas. Remove the limit."
-                )
-
-
-def _create_engine(
-    url: sa.URL, config: ClusterConfig, *, replica: int | None = None
-) -> sa.Engine:
-    options = dict(config.engine_options)
-    if url.get_backend_name() == "sqlite":
-        path = sqlite_file(url)
-        if path is not None:
-            if replica is None:
-                # Create the primary's file now: a read-only replica of it
-                # cannot open a file that does not exist yet.
-                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-                if not os.path.exists(path):
-                    open(path, "ab").close()
-            elif not os.path.exists(path):
-                key = config.replicas_key
-                key = (
-                    f"{key[:-1]}[{replica}]'"
-                    if key.endswith("'PARTITION_REPLICAS'")
-                    else f"{key}[{replica}]"
-                )
-                raise ValueError(
-                    f"{key} names the SQLite file {path!r}, which does"
-                    " not exist. A SQLite replica opens the primary's file"
-                    " read-only; use the primary's path."
-                )
-        else:
-            options.setdefault("poolclass", sa.pool.StaticPool)
-            options.setdefault("connect_args", {"check_same_thread": False})
-    try:
-        return sa.create_engine(url, **options)
-    except (sa_exc.ArgumentError, ImportError, TypeError) as error:
-        label = cluster_label(config.name, shard=config.is_shard)
-        raise ValueError(
-            f"Cannot create an engine for {mask_uri(url)!r} ({label}): {error}"
-        ) from error

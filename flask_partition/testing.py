@@ -31,8 +31,8 @@ import typing as t
 import sqlalchemy as sa
 from flask import Flask
 
-from .routing import Role
-from .sharding import ShardMap
+from .routing.plan import Role
+from .sharding.maps import ShardMap
 
 if t.TYPE_CHECKING:
     from .extension import PartitionDB

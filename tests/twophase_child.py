@@ -15,7 +15,7 @@ import typing as t
 
 from flask import Flask
 
-import flask_partition.transactions as transactions
+import flask_partition.transactions.twophase as transactions
 from shard_models import Order
 from shard_models import sdb
 

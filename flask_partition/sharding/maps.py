@@ -18,7 +18,8 @@ import sqlalchemy.orm as sa_orm
 import sqlalchemy.sql.elements as sa_elements
 import sqlalchemy.sql.operators as sa_operators
 
-from .errors import ShardKeyError
+from .. import _sqla
+from ..errors import ShardKeyError
 
 #: The number of logical buckets of the default :class:`HashShardMap`.
 DEFAULT_BUCKETS: t.Final = 1024
@@ -294,7 +295,7 @@ def _same_column(side: object, column: sa.Column[t.Any]) -> bool:
         and getattr(side, "table", None) is column.table
     ) or bool(
         isinstance(side, sa_elements.ColumnElement)
-        and getattr(side, "_annotations", None)
+        and _sqla.is_annotated(side)
         and side.compare(column)
     )
 

@@ -25,7 +25,8 @@ import sqlalchemy.sql.operators as sa_operators
 import sqlalchemy.sql.visitors as sa_visitors
 from sqlalchemy.engine import Result
 
-from .errors import ScatterError
+from .. import _sqla
+from ..errors import ScatterError
 
 #: Aggregates whose per-shard results combine exactly, and how.
 _COMBINE = {"count": "sum", "sum": "sum", "min": "min", "max": "max"}
@@ -112,7 +113,7 @@ class MergePlan:
         template = frozen[0]().columns(*range(self.width)).freeze()
         merged: Result[t.Any] = template.with_new_rows(kept)()
         if self.single_entity:
-            merged._attributes = merged._attributes.union({"is_single_entity": True})
+            _sqla.mark_single_entity(merged)
         return merged
 
     @functools.cached_property
@@ -141,8 +142,7 @@ def _freeze(result: Result[t.Any]) -> t.Any:
     collection repeats its parent per child row; SQLAlchemy insists on
     :meth:`~sqlalchemy.engine.Result.unique` for it, and so does the merge.
     """
-    state = getattr(result, "_unique_filter_state", None)
-    if state is not None and getattr(state[1], "__name__", "") == "require_unique":
+    if _sqla.requires_unique(result):
         result = result.unique()
     return result.freeze()
 
@@ -220,15 +220,16 @@ def plan_merge(
             " exactly. Narrow it to one shard with 'use_shard' or a shard key"
             " condition, or run one query per shard."
         )
-    if statement._distinct_on:
+    if _sqla.distinct_on(statement):
         raise ScatterError(
             "SELECT DISTINCT ON over every shard cannot be merged exactly."
             " Narrow it to one shard or use GROUP BY."
         )
+    distinct = _sqla.is_distinct(statement)
     descriptions = statement.column_descriptions
     columns = [_clause(d["expr"]) for d in descriptions]
     width = len(columns)
-    group_by = list(statement._group_by_clauses)
+    group_by = list(_sqla.group_by(statement))
     # Grouped by the bare shard key: every group lives on one shard, so the
     # shards' rows are final and only need sorting and slicing.
     local_groups = shard_key is not None and any(
@@ -237,7 +238,7 @@ def plan_merge(
     ops = [None if local_groups else _combine_op(column) for column in columns]
     combine: tuple[str | None, ...] | None = None
     if group_by and not local_groups:
-        if statement._having_criteria:
+        if _sqla.has_having(statement):
             raise ScatterError(
                 "GROUP BY ... HAVING over every shard cannot be merged exactly:"
                 " each shard filters its partial groups. Group by the shard key,"
@@ -260,20 +261,19 @@ def plan_merge(
     names = {d["name"]: i for i, d in enumerate(descriptions)}
     nulls_high = dialect in ("postgresql", "oracle")
     order_by: list[t.Any] = []
-    for index, term in enumerate(statement._order_by_clauses):
+    for index, term in enumerate(_sqla.order_by(statement)):
         expression, descending, nulls = _unwrap_order(term)
         if nulls is None:
             nulls = nulls_high == descending
-        collate = dialect == "postgresql" and not statement._distinct
+        collate = dialect == "postgresql" and not distinct
         order_by.append(_order_term(expression, descending, nulls, collate))
         position: int | None = None
-        if isinstance(expression, sa_elements._label_reference):
-            expression = expression.element
-        if isinstance(expression, sa_elements._textual_label_reference):
-            position = names.get(expression.element)
+        expression, label = _sqla.label_reference_target(expression)
+        if label is not None:
+            position = names.get(label)
             if position is None:
                 raise ScatterError(
-                    f"ORDER BY {expression.element!r} names no selected column;"
+                    f"ORDER BY {label!r} names no selected column;"
                     " the merge cannot sort by it."
                 )
         elif isinstance(expression, sa_elements.Label) and expression.name in names:
@@ -297,9 +297,9 @@ def plan_merge(
         shard_statement = shard_statement.order_by(None).order_by(*order_by)
 
     _check_froms(statement)
-    limit = _int_clause(statement, "_limit_clause", "LIMIT")
-    offset = _int_clause(statement, "_offset_clause", "OFFSET") or 0
-    if combine is not None or statement._distinct:
+    limit = _int_clause(_sqla.limit_clause(statement), "LIMIT")
+    offset = _int_clause(_sqla.offset_clause(statement), "OFFSET") or 0
+    if combine is not None or distinct:
         # Groups and duplicates span shards: every shard returns all of its
         # rows, and LIMIT/OFFSET apply after combining.
         if limit is not None or offset:
@@ -313,12 +313,12 @@ def plan_merge(
         width=width,
         sort=tuple(sort),
         combine=combine,
-        distinct=bool(statement._distinct) and not local_groups,
+        distinct=distinct and not local_groups,
         offset=offset,
         limit=limit,
         # DISTINCT rows are re-sorted after dropping duplicates: a shard
         # sorts in its own collation, the merge in code-point order.
-        presorted=bool(sort) and combine is None and not statement._distinct,
+        presorted=bool(sort) and combine is None and not distinct,
         single_entity=single_entity,
     )
 
@@ -462,10 +462,10 @@ def _check_froms(statement: sa.Select[t.Any]) -> None:
         if element is statement or not isinstance(element, sa.Select):
             continue
         if not (
-            element._group_by_clauses
-            or element._distinct
-            or element._limit_clause is not None
-            or element._offset_clause is not None
+            _sqla.group_by(element)
+            or _sqla.is_distinct(element)
+            or _sqla.limit_clause(element) is not None
+            or _sqla.offset_clause(element) is not None
             or any(_contains_aggregate(c) for c in element.selected_columns)
         ):
             continue
@@ -476,8 +476,7 @@ def _check_froms(statement: sa.Select[t.Any]) -> None:
         }
         # correlate(None) turns correlation off: the subquery then runs on
         # its own even when it names the outer query's table.
-        correlates = element._auto_correlate or bool(element._correlate)
-        if correlates and inner & outer:
+        if _sqla.correlates(element) and inner & outer:
             continue
         raise ScatterError(
             "A subquery (in FROM, a CTE, WHERE or the columns) with GROUP BY,"
@@ -492,8 +491,7 @@ def _is_group_key(expression: t.Any, group_by: list[t.Any]) -> bool:
     return any(expression.compare(g) for g in group_by)
 
 
-def _int_clause(statement: sa.Select[t.Any], name: str, what: str) -> int | None:
-    clause = getattr(statement, name)
+def _int_clause(clause: t.Any, what: str) -> int | None:
     if clause is None:
         return None
     value = getattr(clause, "effective_value", getattr(clause, "value", None))
