@@ -42,10 +42,10 @@ from flask_partition import use_shard
 from flask_partition.config import parse_config
 from flask_partition.routing import current_plan
 from flask_partition.routing import Role
-from flask_partition.topology import Router
 from flask_partition.sharding import key_bytes
 from flask_partition.testing import keys_by_shard
 from flask_partition.testing import RoutingRecorder
+from flask_partition.topology import Router
 from shard_models import AuditEvent
 from shard_models import Customer
 from shard_models import Order
