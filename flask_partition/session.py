@@ -36,6 +36,8 @@ from .routing.plan import Role
 from .routing.trace import report
 from .sharding.executor import ALL_SHARDS as ALL_SHARDS
 from .sharding.executor import ShardExecutor
+from .sharding.guards import check_flush
+from .sharding.guards import flush_shards
 from .topology import Router
 from .transactions.modes import check_single
 from .transactions.modes import on_transaction_create
@@ -100,9 +102,10 @@ class PartitionSession(ShardedSession):
         self.txn = TransactionState(router.commit_mode)
         shards = ShardExecutor(self)
         # ShardedQuery reads the choosers even when no shards are configured.
-        self.shard_chooser = router.shard_chooser or shards.choose_shard
-        self.identity_chooser = router.identity_chooser or shards.identity_shards
-        self.execute_chooser = router.execute_chooser or shards.execute_shards
+        choice = shards.choice
+        self.shard_chooser = router.shard_chooser or choice.choose_shard
+        self.identity_chooser = router.identity_chooser or choice.identity_shards
+        self.execute_chooser = router.execute_chooser or choice.execute_shards
         #: Runs statements on sharded tables; ``None`` without shards.
         self.shards: ShardExecutor | None = None
         if router.shards:
@@ -181,7 +184,7 @@ class PartitionSession(ShardedSession):
         assert self.shards is not None
         if instance is not None:
             return t.cast(str, self._choose_shard_and_assign(mapper, instance))
-        return self.shards.shard_without_instance(mapper)
+        return self.shards.choice.shard_without_instance(mapper)
 
     def engine_for(
         self, cluster: Cluster, clause: sa.ClauseElement | None
@@ -316,14 +319,16 @@ class PartitionSession(ShardedSession):
                 " the write out of the block or use 'use_primary'."
             )
         if self.shards is not None:
-            self.shards.check_flush(plan.shard)
+            check_flush(self, self.router, plan.shard)
             mode = (
                 self.txn.mode
                 if self.get_transaction() is not None
                 else plan.commit_mode or self.router.commit_mode
             )
             if mode == "single":
-                check_single(self.txn, self.router.shards, self.shards.flush_shards())
+                check_single(
+                    self.txn, self.router.shards, flush_shards(self, self.router)
+                )
         super().flush(objects)
 
 

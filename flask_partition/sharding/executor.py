@@ -1,12 +1,13 @@
-"""Per-shard execution: which shards a statement runs on, running it there,
-and the guards that keep rows where key-based reads find them.
+"""Per-shard execution: running a statement on the shards
+:mod:`~flask_partition.sharding.choose` picked, splitting an INSERT by
+shard, and merging what came back.
 
 :class:`ShardExecutor` serves one :class:`~flask_partition.PartitionSession`
 with shards configured. The session's ``do_orm_execute`` hook hands it
 every ORM-executed statement (:meth:`ShardExecutor.on_execute`); statements
 on sharded tables run on their shards (in parallel for reads over several,
 merged by :mod:`~flask_partition.sharding.scatter`), others pass through.
-Its flush checks run before any SQL of a flush is sent.
+The flush checks are in :mod:`~flask_partition.sharding.guards`.
 """
 
 from __future__ import annotations
@@ -21,16 +22,15 @@ from sqlalchemy.ext.horizontal_shard import ShardedSession
 
 from .. import _sqla
 from ..errors import AmbiguousShardError
-from ..errors import CrossClusterError
 from ..errors import ScatterError
 from ..errors import ShardKeyError
 from ..routing.classify import classify
 from ..routing.classify import Intent
 from ..routing.decide import describe
 from ..routing.plan import _plan
-from .maps import is_sharded
-from .maps import key_values
-from .maps import shard_key_of_table
+from .choose import is_identity_get
+from .choose import ShardChoice
+from .guards import refuse_key_change
 from .maps import ShardKey
 from .parallel import ConnectionLock
 from .scatter import plan_merge
@@ -71,158 +71,10 @@ class ShardExecutor:
         #: The same session, as the ShardedSession it is.
         self.session = t.cast(ShardedSession, session)
         self.router = session.router
-        #: The shard an ORM bulk statement runs on, lent to ``get_bind``.
-        self.bulk_shard: str | None = None
+        #: The default choosers and the statement's shard key.
+        self.choice = ShardChoice(self.router, self.session)
         #: Held while a scatter's threads look up their connections.
         self.lock = ConnectionLock()
-
-    # -- the shard choosers (defaults; PartitionDB can replace them) --------
-
-    def choose_shard(self, mapper: t.Any, instance: t.Any, clause: t.Any) -> str:
-        """The shard of a new row: its key's shard (the pinned shard for a
-        table without a key).
-        """
-        key = t.cast(ShardKey, self.router.shard_key(mapper))
-        pinned = _plan.get().shard
-        if key.column is None or key.attribute is None:
-            if pinned is None:
-                raise ShardKeyError(
-                    f"Model {key.model!r} has no shard key; write it inside"
-                    " 'use_shard(...)' so it is clear which shard it goes to."
-                )
-            return pinned
-        value = getattr(instance, key.attribute, None) if instance else None
-        if value is None:
-            raise ShardKeyError(
-                f"{key.model}.{key.attribute} (the shard key) is None. Set it"
-                " before the row is flushed: it decides the row's shard."
-            )
-        return self.router.shard_for_key(
-            value, context=f" ({key.model}.{key.attribute})"
-        )
-
-    def identity_shards(
-        self, mapper: t.Any, primary_key: t.Any, **kw: t.Any
-    ) -> list[t.Any]:
-        """Where ``session.get()`` looks: the pinned shard, the shard of the
-        key when it is part of the primary key, else every shard.
-        """
-        key = self.router.shard_key(mapper)
-        if key is None:
-            return [None]
-        parent = kw.get("lazy_loaded_from")
-        parent_shard = None if parent is None else _sqla.shard_of_state(parent)
-        if parent_shard is not None:
-            return [parent_shard]
-        pinned = _plan.get().shard
-        if pinned is not None:
-            return [pinned]
-        if key.column is not None:
-            inspected = t.cast("sa_orm.Mapper[t.Any]", sa.inspect(mapper))
-            for column, value in zip(inspected.primary_key, primary_key, strict=False):
-                if column is key.column and value is not None:
-                    return [self.router.shard_for_key(value)]
-        return list(self.router.shards)
-
-    def execute_shards(self, orm_context: sa_orm.ORMExecuteState) -> list[str]:
-        """The shards a statement runs on when none was given: those its
-        shard key conditions allow, else all of them.
-        """
-        key = self.statement_key(orm_context)
-        if key is not None and key.column is not None:
-            parameters = orm_context.parameters
-            values = key_values(
-                _sqla.where_criteria(orm_context.statement),
-                key.column,
-                parameters if isinstance(parameters, dict) else None,
-            )
-            if values == []:
-                # 'key IN ()' matches nothing: any one shard answers that.
-                return list(self.router.shards)[:1]
-            if values is not None:
-                context = f" ({key.model}.{key.column.name})"
-                shards = {self.router.shard_for_key(v, context=context) for v in values}
-                return [name for name in self.router.shards if name in shards]
-        return list(self.router.shards)
-
-    def shard_without_instance(self, mapper: t.Any) -> str:
-        """The shard of a connection a sharded mapper asks for without a
-        statement or an instance: the bulk statement's or the pinned one.
-
-        :raises ScatterError: When neither names a shard.
-        """
-        shard = self.bulk_shard or _plan.get().shard
-        if shard is None:
-            key = t.cast(ShardKey, self.router.shard_key(mapper))
-            raise ScatterError(
-                f"A connection for sharded model {key.model!r} needs a shard."
-                " Use 'use_shard' or bind_arguments={'shard_id': ...}."
-            )
-        self.router.shard(shard, context=" (from 'use_shard')")
-        return shard
-
-    # -- which shards a statement runs on ------------------------------------
-
-    def statement_key(self, orm_context: sa_orm.ORMExecuteState) -> ShardKey | None:
-        """The shard key of the statement's sharded table, ``None`` when it
-        touches no sharded table.
-        """
-        statement = t.cast(sa.ClauseElement, orm_context.statement)
-        mapper = orm_context.bind_mapper
-        if mapper is not None:
-            key = self.router.shard_key(mapper)
-            # One sharded entity may still join an unsharded table; check
-            # when the statement is sharded or names more than one FROM.
-            if key is not None or _may_join(statement):
-                _refuse_mixed(self.router.tables(statement))
-            return key
-        tables = self.router.tables(statement)
-        sharded = [tbl for tbl in tables if is_sharded(tbl)]
-        if not sharded:
-            return None
-        _refuse_mixed(tables)
-        return shard_key_of_table(sharded[0]) or ShardKey(sharded[0].name, None, None)
-
-    def explicit_shard(self, orm_context: sa_orm.ORMExecuteState) -> t.Any:
-        """The shard named by SQLAlchemy's own controls, as
-        ``horizontal_shard`` reads them, or ``None``.
-        """
-        shard = _sqla.set_shard_option(orm_context)
-        if shard is not None:
-            return shard
-        token = _sqla.identity_token_option(orm_context)
-        if token is not None:
-            return token
-        if "_sa_shard_id" in orm_context.execution_options:
-            return orm_context.execution_options["_sa_shard_id"]
-        if "shard_id" in orm_context.bind_arguments:
-            return orm_context.bind_arguments["shard_id"]
-        # Relationship loads stay on the parent's shard: a lazy load knows its
-        # parent; a selectin/subquery load runs inside the parent's query,
-        # whose context carries the shard as its identity token.
-        parent = orm_context.lazy_loaded_from if orm_context.is_select else None
-        if parent is not None:
-            return _sqla.shard_of_state(parent)
-        top = orm_context.execution_options.get("sa_top_level_orm_context")
-        return getattr(top, "identity_token", None)
-
-    def _get_shards(self, orm_context: sa_orm.ORMExecuteState) -> list[t.Any]:
-        """The shards the SELECT behind ``session.get()`` runs on: the
-        identity chooser's answer for its primary key.
-        """
-        mapper = t.cast("sa_orm.Mapper[t.Any]", orm_context.bind_mapper)
-        params = t.cast("dict[str, t.Any]", orm_context.parameters or {})
-        get_params = _sqla.get_clause(mapper)[1]
-        primary_key = tuple(params.get(get_params[c].key) for c in mapper.primary_key)
-        return list(
-            self.session.identity_chooser(
-                mapper,
-                primary_key,
-                lazy_loaded_from=None,
-                execution_options=orm_context.execution_options,
-                bind_arguments=orm_context.bind_arguments,
-            )
-        )
 
     # -- the do_orm_execute hook ---------------------------------------------
 
@@ -230,12 +82,12 @@ class ShardExecutor:
         """``do_orm_execute`` hook: run statements on sharded tables on the
         right shards; leave every other statement alone.
         """
-        key = self.statement_key(orm_context)
+        key = self.choice.statement_key(orm_context)
         if key is None:
             return None
         if orm_context.is_update:
-            _refuse_key_change(orm_context, key)
-        shard = self.explicit_shard(orm_context)
+            refuse_key_change(orm_context, key)
+        shard = self.choice.explicit_shard(orm_context)
         if shard is not None:
             self.router.shard(shard, context=f" (for {key.model!r})")
             return self.run_on(orm_context, [shard])[0]
@@ -245,9 +97,9 @@ class ShardExecutor:
         if pinned is not None:
             self.router.shard(pinned, context=" (from 'use_shard')")
             return self.run_on(orm_context, [pinned])[0]
-        get = _is_identity_get(orm_context)
+        get = is_identity_get(orm_context)
         if get:
-            shards = self._get_shards(orm_context)
+            shards = self.choice.get_shards(orm_context)
         else:
             shards = list(self.session.execute_chooser(orm_context))
         if not shards:
@@ -471,120 +323,12 @@ class ShardExecutor:
             return
         session = self.session
         session.connection_callable = None  # type: ignore[assignment]
-        self.bulk_shard = shard
+        self.choice.bulk_shard = shard
         try:
             yield
         finally:
             del session.connection_callable
-            self.bulk_shard = None
-
-    # -- flush checks --------------------------------------------------------
-
-    def flush_shards(self) -> set[str]:
-        """The shards the pending flush writes to (after :meth:`check_flush`
-        gave new rows their shard).
-        """
-        shards: set[str] = set()
-        for instance in [*self.session.new, *self.session.dirty, *self.session.deleted]:
-            state = sa.inspect(instance)
-            if self.router.shard_key(state.mapper) is None:
-                continue
-            shard = _sqla.shard_of_state(state)
-            if shard is not None:
-                shards.add(shard)
-        return shards
-
-    def check_flush(self, pinned: str | None) -> None:
-        """Give every new sharded row its shard, and refuse rows that would
-        be stored where key-based reads miss them. Runs before any SQL.
-
-        :raises ShardKeyError: A row without a key, a changed key, a row of
-            another shard than the pinned one, or related rows on two shards.
-        """
-        session = self.session
-        for instance in session.new:
-            state = sa.inspect(instance)
-            if self.router.shard_key(state.mapper) is None:
-                continue
-            # Chosen again on every flush: the key may have changed since a
-            # flush that failed.
-            shard = session.shard_chooser(state.mapper, instance, None)
-            self.router.shard(shard, context=" (from the shard chooser)")
-            if pinned is not None and shard != pinned:
-                raise ShardKeyError(
-                    f"A new {state.mapper.class_.__name__} belongs on shard"
-                    f" {shard!r} by its key, but the block is pinned to shard"
-                    f" {pinned!r} with 'use_shard'. Nothing was written."
-                )
-            _sqla.set_identity_token(state, shard)
-        for instance in [*session.new, *session.dirty]:
-            self._check_related(sa.inspect(instance))
-        for instance in [*session.dirty, *session.deleted]:
-            self._check_changed(instance, pinned)
-
-    def _check_changed(self, instance: t.Any, pinned: str | None) -> None:
-        state = sa.inspect(instance)
-        key = self.router.shard_key(state.mapper)
-        if key is None or state.key is None:
-            return
-        if key.attribute is not None and instance not in self.session.deleted:
-            history = state.attrs[key.attribute].history
-            if history.has_changes():
-                raise ShardKeyError(
-                    f"{key.model}.{key.attribute} is the shard key and cannot"
-                    f" change (from {history.deleted!r} to {history.added!r}):"
-                    " the row would stay on its old shard. Insert a new row"
-                    " and delete the old one instead. Nothing was written."
-                )
-        shard = state.key[2]
-        if pinned is not None and shard != pinned:
-            raise ShardKeyError(
-                f"A {key.model} of shard {shard!r} was changed inside"
-                f" 'use_shard({pinned!r})'. Nothing was written."
-            )
-
-    def _check_related(self, state: t.Any) -> None:
-        """Refuse relating a sharded row to a sharded row of another shard:
-        the rows could never be joined or loaded together.
-        """
-        shard = _sqla.shard_of_state(state)
-        if shard is None or self.router.shard_key(state.mapper) is None:
-            return
-        for rel in state.mapper.relationships:
-            value = state.dict.get(rel.key)
-            if value is None or self.router.shard_key(rel.mapper) is None:
-                continue
-            for other in value if rel.uselist else [value]:
-                other_shard = _sqla.shard_of_state(sa.inspect(other))
-                if other_shard is not None and other_shard != shard:
-                    raise ShardKeyError(
-                        f"{state.mapper.class_.__name__}.{rel.key} relates a row"
-                        f" on shard {shard!r} to a {rel.mapper.class_.__name__}"
-                        f" on shard {other_shard!r}. Related sharded rows must"
-                        " share a shard (give them the same shard key)."
-                        " Nothing was written."
-                    )
-
-
-def _refuse_key_change(orm_context: sa_orm.ORMExecuteState, key: ShardKey) -> None:
-    """An UPDATE may not set the shard key: rows would stay on the shard of
-    their old key. Covers ``values()``, ``ordered_values()`` and the
-    parameters given to ``execute()``.
-    """
-    if key.column is None:
-        return
-    statement = t.cast(sa.Update, orm_context.statement)
-    names = _sqla.dml_set_keys(statement)
-    params = orm_context.parameters
-    rows = params if isinstance(params, list) else [params or {}]
-    for row in t.cast("list[dict[str, t.Any]]", rows):
-        names.update(row)
-    if key.column.key in names or key.attribute in names:
-        raise ShardKeyError(
-            f"This UPDATE sets {key.model}.{key.column.key}, the shard key:"
-            " the rows would stay on the shard of their old key. Insert new"
-            " rows and delete the old ones instead. Nothing was written."
-        )
+            self.choice.bulk_shard = None
 
 
 def _insert_rows(statement: sa.Insert, parameters: t.Any) -> list[dict[str, t.Any]]:
@@ -623,45 +367,8 @@ def _merge_writes(results: list[Result[t.Any]]) -> Result[t.Any]:
     return merged
 
 
-def _refuse_mixed(tables: list[sa.Table]) -> None:
-    """Refuse a statement joining sharded and unsharded tables: they live
-    on different databases.
-    """
-    sharded = [tbl.name for tbl in tables if is_sharded(tbl)]
-    plain = [tbl.name for tbl in tables if not is_sharded(tbl)]
-    if sharded and plain:
-        raise CrossClusterError(
-            f"The statement joins sharded tables {sorted(set(sharded))!r}"
-            f" with unsharded tables {sorted(set(plain))!r}, which live on"
-            " other databases. Query each side on its own."
-        )
-
-
-def _may_join(statement: t.Any) -> bool:
-    """Does a statement join or select from more than one table, explicitly
-    or implicitly? (Subqueries in WHERE are not looked at.)
-    """
-    if _sqla.has_explicit_froms(statement):
-        return True
-    froms = getattr(statement, "get_final_froms", None)
-    return froms is not None and len(froms()) > 1
-
-
 def _autoflushes(session: sa_orm.Session, orm_context: sa_orm.ORMExecuteState) -> bool:
     """Whether SQLAlchemy would autoflush before this statement."""
     if not session.autoflush or _sqla.is_flushing(session):
         return False
     return _sqla.autoflush_option(orm_context)
-
-
-def _is_identity_get(orm_context: sa_orm.ORMExecuteState) -> bool:
-    """True for the SELECT behind ``session.get()``: its only criterion is
-    the mapper's primary key clause.
-    """
-    mapper = orm_context.bind_mapper
-    criteria = _sqla.where_criteria(orm_context.statement)
-    if mapper is None or len(criteria) != 1:
-        return False
-    get_clause = _sqla.get_clause(mapper)[0]
-    # SQLAlchemy 2.1 uses the clause itself; 2.0 an annotated copy of it.
-    return criteria[0] is get_clause or bool(criteria[0].compare(get_clause))
