@@ -84,6 +84,22 @@ def token_modes(topology: Topology) -> dict[str | None, str]:
     return modes
 
 
+def check_token_secret(topology: Topology, modes: t.Mapping[str | None, str]) -> None:
+    """Refuse tokens that could not be signed.
+
+    :param modes: What :func:`token_modes` returned.
+    :raises RuntimeError: Some cluster takes tokens, and neither
+        ``SECRET_KEY`` nor ``PARTITION_TOKEN_SECRET`` is set.
+    """
+    if modes and not topology.consistency.secret_keys:
+        raise RuntimeError(
+            "Consistency tokens must be signed, but neither 'SECRET_KEY' nor"
+            " 'PARTITION_TOKEN_SECRET' is set. Set one of them, or set"
+            " 'PARTITION_CONSISTENCY' to 'off' to give up read-your-writes"
+            " across requests."
+        )
+
+
 class TokenCodec:
     """Sign, verify and parse consistency tokens.
 

@@ -4,7 +4,6 @@ session, schema helpers and the Flask-SQLAlchemy-style helpers.
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import functools
 import logging
@@ -16,8 +15,6 @@ import sqlalchemy.orm as sa_orm
 from flask import abort
 from flask import current_app
 from flask import Flask
-from flask import g
-from flask import request
 from flask import Response
 from flask.globals import app_ctx
 
@@ -25,7 +22,7 @@ from . import compat
 from .cli import partition_cli
 from .config import parse_config
 from .config import Topology
-from .consistency import ROUTE_HEADER
+from .consistency import check_token_secret
 from .consistency import token_modes
 from .consistency import TokenCarrier
 from .consistency import TokenCodec
@@ -33,10 +30,9 @@ from .errors import TwoPhaseError
 from .model import make_model_base
 from .pagination import fetch_page
 from .pagination import Pagination
-from .routing.plan import _plan
-from .routing.plan import Plan
-from .routing.trace import _routes
-from .routing.trace import describe_routes
+from .request_hooks import begin_request
+from .request_hooks import finish_request
+from .request_hooks import reset_request
 from .session import PartitionSession
 from .sharding.maps import ShardMap
 from .topology import build_router
@@ -67,20 +63,6 @@ class PartitionState:
     tokens: TokenCodec | None = None
     #: Carries them in requests and responses; ``None`` as for ``tokens``.
     carrier: TokenCarrier | None = None
-
-
-@dataclasses.dataclass
-class _RequestContext:
-    """What the request hooks keep on ``g`` for one request."""
-
-    #: The client's token positions that no replica set has passed yet.
-    positions: dict[str | None, float] | None
-    #: How many positions the client's token held (0: no valid token).
-    sent: int
-    #: Routing decisions for the debug header, when it is on.
-    routes: dict[tuple[str, str], int] | None
-    plan_token: contextvars.Token[Plan] | None = None
-    routes_token: contextvars.Token[dict[tuple[str, str], int] | None] | None = None
 
 
 def _app_ctx_id() -> int:
@@ -200,13 +182,7 @@ class PartitionDB(compat.SQLAlchemyCompat):
         topology = parse_config(app.config, instance_path=app.instance_path)
         topology = compat.with_engine_defaults(topology, self._engine_options)
         modes = token_modes(topology)
-        if modes and not topology.consistency.secret_keys:
-            raise RuntimeError(
-                "Consistency tokens must be signed, but neither 'SECRET_KEY' nor"
-                " 'PARTITION_TOKEN_SECRET' is set. Set one of them, or set"
-                " 'PARTITION_CONSISTENCY' to 'off' to give up read-your-writes"
-                " across requests."
-            )
+        check_token_secret(topology, modes)
         router = build_router(
             topology,
             modes,
@@ -239,6 +215,9 @@ class PartitionDB(compat.SQLAlchemyCompat):
         )
         # Where Flask-SQLAlchemy registers itself, for code that looks there.
         app.extensions.setdefault("sqlalchemy", self)
+        self._register_hooks(app)
+
+    def _register_hooks(self, app: Flask) -> None:
         if self._add_models_to_shell:
             app.shell_context_processor(compat.shell_context(self, self.Model))
         # First of the app's before_request functions, so hooks registered
@@ -246,7 +225,7 @@ class PartitionDB(compat.SQLAlchemyCompat):
         # client's token and the request's shard.
         app.before_request_funcs.setdefault(None, []).insert(0, self._before_request)
         app.after_request(self._after_request)
-        app.teardown_request(self._reset_request)
+        app.teardown_request(reset_request)
         app.teardown_appcontext(self._teardown_session)
         app.cli.add_command(partition_cli)
 
@@ -274,73 +253,22 @@ class PartitionDB(compat.SQLAlchemyCompat):
         return resolver
 
     def _before_request(self) -> None:
-        """Set the request's plan: the shard from the resolver and the
-        positions of the client's consistency token; start the debug trace.
-        """
         state = self.get_state()
         shard = None
         if self._shard_resolver is not None:
             shard = self._shard_resolver()
             if shard is not None and shard not in state.router.shards:
                 abort(404, description=f"Unknown shard {str(shard)[:64]!r}.")
-        carrier = state.carrier
-        sent, positions = carrier.read(request) if carrier is not None else (0, None)
-        routes: dict[tuple[str, str], int] | None = (
-            {} if state.topology.debug_header else None
-        )
-        if not (shard or positions or sent or routes is not None):
-            return  # the common request: nothing to set or undo
-        context = g._partition = _RequestContext(
-            positions=positions, sent=sent, routes=routes
-        )
-        if shard or positions:
-            plan = _plan.get()
-            # Plan(...) rather than dataclasses.replace(): this runs per request.
-            context.plan_token = _plan.set(
-                Plan(
-                    role=plan.role,
-                    read_only=plan.read_only,
-                    pinned_by=plan.pinned_by,
-                    shard=shard or plan.shard,
-                    positions=positions or plan.positions,
-                    commit_mode=plan.commit_mode,
-                )
-            )
-        if routes is not None:
-            context.routes_token = _routes.set(routes)
+        begin_request(state.carrier, shard, debug_header=state.topology.debug_header)
 
     def _after_request(self, response: Response) -> Response:
-        """Give the client a token for the clusters this request committed
-        writes to (see :class:`~flask_partition.consistency.TokenCarrier`).
-        Add the debug header when it is on.
-        """
         state = self.get_state()
-        context: _RequestContext | None = g.get("_partition")
-        if state.carrier is not None:
-            committed: set[str | None] = set()
-            if self.session.registry.has():
-                txn = self.session().txn
-                committed = set(txn.committed)
-                txn.committed.clear()
-            state.carrier.write(
-                request,
-                response,
-                committed,
-                context.positions if context is not None else None,
-                context.sent if context is not None else 0,
-            )
-        if context is not None and context.routes is not None:
-            response.headers[ROUTE_HEADER] = describe_routes(context.routes)
-        return response
-
-    def _reset_request(self, exc: BaseException | None) -> None:
-        context: _RequestContext | None = g.pop("_partition", None)
-        if context is None:
-            return
-        if context.plan_token is not None:
-            _plan.reset(context.plan_token)
-        if context.routes_token is not None:
-            _routes.reset(context.routes_token)
+        committed: set[str | None] = set()
+        if state.carrier is not None and self.session.registry.has():
+            txn = self.session().txn
+            committed = set(txn.committed)
+            txn.committed.clear()
+        return finish_request(response, state.carrier, committed)
 
     def _teardown_session(self, exc: BaseException | None) -> None:
         self.session.remove()

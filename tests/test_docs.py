@@ -23,7 +23,7 @@ def config_keys() -> set[str]:
     environment variables of the testing helpers.
     """
     keys: set[str] = set()
-    for path in PACKAGE.glob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
         keys |= set(re.findall(r"[\"'](PARTITION_[A-Z_]+)[\"'\[]", path.read_text()))
     return {key for key in keys if not key.startswith("PARTITION_PG_")}
 
