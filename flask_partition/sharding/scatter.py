@@ -3,19 +3,17 @@ exactly as one database holding every row would have answered.
 
 :func:`plan_merge` rewrites the statement for the shards (sort keys added as
 extra columns, LIMIT widened to OFFSET + LIMIT, or dropped when groups must
-be combined first) and returns a :class:`MergePlan` whose
-:meth:`~MergePlan.merge` combines the shards' results: groups and aggregates
-(``count``, ``sum``, ``min``, ``max``), DISTINCT, ORDER BY, OFFSET and LIMIT.
+be combined first) and returns a
+:class:`~flask_partition.sharding.merge.MergePlan` whose
+:meth:`~flask_partition.sharding.merge.MergePlan.merge` combines the shards'
+results: groups and aggregates (``count``, ``sum``, ``min``, ``max``),
+DISTINCT, ORDER BY, OFFSET and LIMIT.
 A shape that cannot be merged exactly raises
 :class:`~flask_partition.errors.ScatterError`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import heapq
-import itertools
 import typing as t
 
 import sqlalchemy as sa
@@ -23,10 +21,11 @@ import sqlalchemy.sql.elements as sa_elements
 import sqlalchemy.sql.functions as sa_functions
 import sqlalchemy.sql.operators as sa_operators
 import sqlalchemy.sql.visitors as sa_visitors
-from sqlalchemy.engine import Result
 
 from .. import _sqla
 from ..errors import ScatterError
+from .merge import MergePlan
+from .merge import SortKey
 
 #: Aggregates whose per-shard results combine exactly, and how.
 _COMBINE = {"count": "sum", "sum": "sum", "min": "min", "max": "max"}
@@ -46,158 +45,6 @@ _AGGREGATES = frozenset(
 _SORT_LABEL = "_partition_sort_{}"
 
 
-@dataclasses.dataclass(frozen=True)
-class SortKey:
-    """One ORDER BY term of a merge: a column of the shard rows.
-
-    :param index: The column's position in a shard row.
-    :param descending: ``DESC``.
-    :param nulls_first: Where NULL sorts, as the database would put it.
-    """
-
-    index: int
-    descending: bool
-    nulls_first: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class MergePlan:
-    """How to run a statement on each shard and merge what comes back.
-
-    :param statement: The statement each shard runs.
-    :param width: How many columns the caller asked for; columns after it
-        are sort keys added for the merge and are dropped.
-    :param sort: The ORDER BY of the merged rows.
-    :param combine: Per column, how to combine rows of one group across
-        shards (``"sum"``, ``"min"``, ``"max"``, ``None`` for a group key);
-        ``None`` when rows are not combined.
-    :param distinct: Drop duplicate rows.
-    :param offset: Rows to skip after merging.
-    :param limit: Rows to keep after that, ``None`` for all.
-    :param presorted: Each shard returns rows in merge order, so the merge
-        is a k-way merge rather than a sort.
-    :param single_entity: The caller asked for one ORM entity (legacy
-        :class:`~sqlalchemy.orm.Query` returns objects, not rows).
-    """
-
-    statement: t.Any
-    width: int
-    sort: tuple[SortKey, ...] = ()
-    combine: tuple[str | None, ...] | None = None
-    distinct: bool = False
-    offset: int = 0
-    limit: int | None = None
-    presorted: bool = False
-    single_entity: bool = False
-
-    def merge(self, results: t.Sequence[Result[t.Any]]) -> Result[t.Any]:
-        """Combine the shards' results into the one result the caller gets.
-
-        :param results: One result per shard, in shard order.
-        """
-        frozen = [_freeze(result) for result in results]
-        shard_rows = [[tuple(row) for row in f().all()] for f in frozen]
-        rows: t.Iterable[tuple[t.Any, ...]]
-        if self.combine is not None:
-            rows = self._combine(itertools.chain.from_iterable(shard_rows))
-        elif self.sort and self.presorted:
-            rows = heapq.merge(*shard_rows, key=self._sort_key)
-        else:
-            rows = itertools.chain.from_iterable(shard_rows)
-        if self.distinct:
-            rows = _unique(rows)
-        if self.sort and not self.presorted:
-            rows = sorted(rows, key=self._sort_key)
-        stop = None if self.limit is None else self.offset + self.limit
-        kept = [row[: self.width] for row in itertools.islice(rows, self.offset, stop)]
-        template = frozen[0]().columns(*range(self.width)).freeze()
-        merged: Result[t.Any] = template.with_new_rows(kept)()
-        if self.single_entity:
-            _sqla.mark_single_entity(merged)
-        return merged
-
-    @functools.cached_property
-    def _sort_key(self) -> t.Callable[[tuple[t.Any, ...]], _Ordered]:
-        sort = self.sort
-        return lambda row: _Ordered(row, sort)
-
-    def _combine(self, rows: t.Iterable[tuple[t.Any, ...]]) -> list[tuple[t.Any, ...]]:
-        combine = t.cast("tuple[str | None, ...]", self.combine)
-        keys = [i for i, op in enumerate(combine) if op is None]
-        groups: dict[tuple[t.Any, ...], list[t.Any]] = {}
-        for row in rows:
-            group = tuple(row[i] for i in keys)
-            seen = groups.get(group)
-            if seen is None:
-                groups[group] = list(row)
-                continue
-            for i, op in enumerate(combine):
-                if op is not None:
-                    seen[i] = _COMBINERS[op](seen[i], row[i])
-        return [tuple(values) for values in groups.values()]
-
-
-def _freeze(result: Result[t.Any]) -> t.Any:
-    """Read a shard's result into memory. A joined eager load of a
-    collection repeats its parent per child row; SQLAlchemy insists on
-    :meth:`~sqlalchemy.engine.Result.unique` for it, and so does the merge.
-    """
-    if _sqla.requires_unique(result):
-        result = result.unique()
-    return result.freeze()
-
-
-def _sum(a: t.Any, b: t.Any) -> t.Any:
-    return b if a is None else a if b is None else a + b
-
-
-def _min(a: t.Any, b: t.Any) -> t.Any:
-    return b if a is None else a if b is None else min(a, b)
-
-
-def _max(a: t.Any, b: t.Any) -> t.Any:
-    return b if a is None else a if b is None else max(a, b)
-
-
-_COMBINERS: dict[str, t.Callable[[t.Any, t.Any], t.Any]] = {
-    "sum": _sum,
-    "min": _min,
-    "max": _max,
-}
-
-
-def _unique(rows: t.Iterable[tuple[t.Any, ...]]) -> t.Iterator[tuple[t.Any, ...]]:
-    seen: set[tuple[t.Any, ...]] = set()
-    for row in rows:
-        if row not in seen:
-            seen.add(row)
-            yield row
-
-
-class _Ordered:
-    """A row compared by the merge's ORDER BY, NULLs placed as the
-    database places them.
-    """
-
-    __slots__ = ("row", "sort")
-
-    def __init__(self, row: tuple[t.Any, ...], sort: tuple[SortKey, ...]) -> None:
-        self.row = row
-        self.sort = sort
-
-    def __lt__(self, other: _Ordered) -> bool:
-        for key in self.sort:
-            a, b = self.row[key.index], other.row[key.index]
-            if a == b:
-                continue
-            if a is None:
-                return key.nulls_first
-            if b is None:
-                return not key.nulls_first
-            return bool(b < a) if key.descending else bool(a < b)
-        return False
-
-
 def plan_merge(
     statement: sa.Select[t.Any],
     *,
@@ -214,88 +61,26 @@ def plan_merge(
     :param single_entity: The statement selects one ORM entity.
     :raises ScatterError: For a shape that cannot be merged exactly.
     """
-    if not isinstance(statement, sa.Select):
-        raise ScatterError(
-            f"A {type(statement).__name__} over every shard cannot be merged"
-            " exactly. Narrow it to one shard with 'use_shard' or a shard key"
-            " condition, or run one query per shard."
-        )
-    if _sqla.distinct_on(statement):
-        raise ScatterError(
-            "SELECT DISTINCT ON over every shard cannot be merged exactly."
-            " Narrow it to one shard or use GROUP BY."
-        )
+    _check_shape(statement)
     distinct = _sqla.is_distinct(statement)
     descriptions = statement.column_descriptions
-    columns = [_clause(d["expr"]) for d in descriptions]
-    width = len(columns)
+    width = len(descriptions)
     group_by = list(_sqla.group_by(statement))
     # Grouped by the bare shard key: every group lives on one shard, so the
     # shards' rows are final and only need sorting and slicing.
     local_groups = shard_key is not None and any(
         _is_column(g, shard_key) for g in group_by
     )
-    ops = [None if local_groups else _combine_op(column) for column in columns]
-    combine: tuple[str | None, ...] | None = None
-    if group_by and not local_groups:
-        if _sqla.has_having(statement):
-            raise ScatterError(
-                "GROUP BY ... HAVING over every shard cannot be merged exactly:"
-                " each shard filters its partial groups. Group by the shard key,"
-                " narrow to one shard, or filter after the query."
-            )
-        combine = tuple(ops)
-    elif not group_by and any(op is not None for op in ops):
-        plain = [d["name"] for d, op in zip(descriptions, ops, strict=True) if not op]
-        if plain:
-            raise ScatterError(
-                f"Columns {plain!r} are neither aggregates nor grouped; the query"
-                " cannot be merged across shards."
-            )
-        combine = tuple(ops)
-
-    # ORDER BY: every term becomes a column of the shard rows.
+    combine = _combine_ops(statement, descriptions, group_by, local_groups)
+    sort, extras, order_by, combine = _plan_order(
+        statement, dialect, descriptions, group_by, combine
+    )
     shard_statement = statement
-    sort: list[SortKey] = []
-    extras: list[sa.ColumnElement[t.Any]] = []
-    names = {d["name"]: i for i, d in enumerate(descriptions)}
-    nulls_high = dialect in ("postgresql", "oracle")
-    order_by: list[t.Any] = []
-    for index, term in enumerate(_sqla.order_by(statement)):
-        expression, descending, nulls = _unwrap_order(term)
-        if nulls is None:
-            nulls = nulls_high == descending
-        collate = dialect == "postgresql" and not distinct
-        order_by.append(_order_term(expression, descending, nulls, collate))
-        position: int | None = None
-        expression, label = _sqla.label_reference_target(expression)
-        if label is not None:
-            position = names.get(label)
-            if position is None:
-                raise ScatterError(
-                    f"ORDER BY {label!r} names no selected column;"
-                    " the merge cannot sort by it."
-                )
-        elif isinstance(expression, sa_elements.Label) and expression.name in names:
-            position = names[expression.name]
-        if position is None:
-            if combine is not None:
-                op = _combine_op(expression)
-                if op is None and not _is_group_key(expression, group_by):
-                    raise ScatterError(
-                        f"Cannot sort merged groups by {expression}: it is neither"
-                        " a grouped column nor a combinable aggregate."
-                    )
-                combine = (*combine, op)
-            position = width + len(extras)
-            extras.append(expression.label(_SORT_LABEL.format(index)))
-        sort.append(SortKey(position, descending, nulls))
     if extras:
         shard_statement = shard_statement.add_columns(*extras)
     if order_by:
         # Each shard sorts exactly as the merge compares.
         shard_statement = shard_statement.order_by(None).order_by(*order_by)
-
     _check_froms(statement)
     limit = _int_clause(_sqla.limit_clause(statement), "LIMIT")
     offset = _int_clause(_sqla.offset_clause(statement), "OFFSET") or 0
@@ -321,6 +106,117 @@ def plan_merge(
         presorted=bool(sort) and combine is None and not distinct,
         single_entity=single_entity,
     )
+
+
+def _check_shape(statement: t.Any) -> None:
+    """Refuse statements no merge can make exact."""
+    if not isinstance(statement, sa.Select):
+        raise ScatterError(
+            f"A {type(statement).__name__} over every shard cannot be merged"
+            " exactly. Narrow it to one shard with 'use_shard' or a shard key"
+            " condition, or run one query per shard."
+        )
+    if _sqla.distinct_on(statement):
+        raise ScatterError(
+            "SELECT DISTINCT ON over every shard cannot be merged exactly."
+            " Narrow it to one shard or use GROUP BY."
+        )
+
+
+def _combine_ops(
+    statement: sa.Select[t.Any],
+    descriptions: list[dict[str, t.Any]],
+    group_by: list[t.Any],
+    local_groups: bool,
+) -> tuple[str | None, ...] | None:
+    """How each selected column combines across shards (``None`` for a
+    group key), or ``None`` when rows need no combining.
+    """
+    columns = [_clause(d["expr"]) for d in descriptions]
+    ops = [None if local_groups else _combine_op(column) for column in columns]
+    if group_by and not local_groups:
+        if _sqla.has_having(statement):
+            raise ScatterError(
+                "GROUP BY ... HAVING over every shard cannot be merged exactly:"
+                " each shard filters its partial groups. Group by the shard key,"
+                " narrow to one shard, or filter after the query."
+            )
+        return tuple(ops)
+    if not group_by and any(op is not None for op in ops):
+        plain = [d["name"] for d, op in zip(descriptions, ops, strict=True) if not op]
+        if plain:
+            raise ScatterError(
+                f"Columns {plain!r} are neither aggregates nor grouped; the query"
+                " cannot be merged across shards."
+            )
+        return tuple(ops)
+    return None
+
+
+def _plan_order(
+    statement: sa.Select[t.Any],
+    dialect: str,
+    descriptions: list[dict[str, t.Any]],
+    group_by: list[t.Any],
+    combine: tuple[str | None, ...] | None,
+) -> tuple[
+    list[SortKey],
+    list[sa.ColumnElement[t.Any]],
+    list[t.Any],
+    tuple[str | None, ...] | None,
+]:
+    """ORDER BY: every term becomes a column of the shard rows.
+
+    :return: The merge's sort keys, the columns added to the shard
+        statement, its new ORDER BY terms, and ``combine`` with an entry for
+        each added column.
+    """
+    width = len(descriptions)
+    sort: list[SortKey] = []
+    extras: list[sa.ColumnElement[t.Any]] = []
+    names = {d["name"]: i for i, d in enumerate(descriptions)}
+    nulls_high = dialect in ("postgresql", "oracle")
+    collate = dialect == "postgresql" and not _sqla.is_distinct(statement)
+    order_by: list[t.Any] = []
+    for index, term in enumerate(_sqla.order_by(statement)):
+        expression, descending, nulls = _unwrap_order(term)
+        if nulls is None:
+            nulls = nulls_high == descending
+        order_by.append(_order_term(expression, descending, nulls, collate))
+        expression, position = _selected_position(expression, names)
+        if position is None:
+            if combine is not None:
+                op = _combine_op(expression)
+                if op is None and not _is_group_key(expression, group_by):
+                    raise ScatterError(
+                        f"Cannot sort merged groups by {expression}: it is neither"
+                        " a grouped column nor a combinable aggregate."
+                    )
+                combine = (*combine, op)
+            position = width + len(extras)
+            extras.append(expression.label(_SORT_LABEL.format(index)))
+        sort.append(SortKey(position, descending, nulls))
+    return sort, extras, order_by, combine
+
+
+def _selected_position(
+    expression: t.Any, names: dict[str, int]
+) -> tuple[t.Any, int | None]:
+    """Unwrap an ORDER BY term that refers to a label; return it with the
+    index of the selected column it names, if any.
+    """
+    expression, label = _sqla.label_reference_target(expression)
+    if label is not None:
+        position = names.get(label)
+        if position is None:
+            raise ScatterError(
+                f"ORDER BY {label!r} names no selected column;"
+                " the merge cannot sort by it."
+            )
+        return expression, position
+    if isinstance(expression, sa_elements.Label) and expression.name in names:
+        return expression, names[expression.name]
+    return expression, None
 
 
 def _unwrap_order(term: t.Any) -> tuple[t.Any, bool, bool | None]:
