@@ -13,12 +13,12 @@ import typing as t
 
 import sqlalchemy as sa
 
+from ..replicas import Cluster
 from .twophase import commit_log
 from .twophase import XID_PATTERN
 from .twophase import XID_PREFIX
 
 if t.TYPE_CHECKING:
-    from ..replicas import Cluster
     from ..topology import Router
 
 _log = logging.getLogger("flask_partition")
@@ -60,62 +60,24 @@ def recover(
 
     .. versionadded:: 0.1.0
     """
-    found: list[tuple[Cluster, str, str, datetime.datetime, float]] = []
-    for cluster in router.by_name.values():
-        if cluster.primary.dialect.name != "postgresql":
-            continue
-        with cluster.primary.connect() as connection:
-            rows = connection.execute(
-                sa.text(
-                    "SELECT gid, prepared, extract(epoch FROM now() - prepared)"
-                    " FROM pg_prepared_xacts"
-                    " WHERE database = current_database() AND gid LIKE :prefix"
-                    " ORDER BY prepared"
-                ),
-                {"prefix": f"{XID_PREFIX}.%"},
-            ).all()
-        for gid, prepared_at, age in rows:
-            match = XID_PATTERN.match(gid)
-            if match is not None:
-                found.append((cluster, gid, match.group(1), prepared_at, float(age)))
+    found = [item for cluster in router.by_name.values() for item in _prepared(cluster)]
     if not found:
         return []
-    gtrids = sorted({item[2] for item in found})
-    with router.default.primary.connect() as connection:
-        if sa.inspect(connection).has_table(commit_log.name):
-            decided = set(
-                connection.scalars(
-                    sa.select(commit_log.c.gtrid).where(commit_log.c.gtrid.in_(gtrids))
-                )
-            )
-        else:
-            decided = set()
+    decided = _decided(router, sorted({item.gtrid for item in found}))
     results: list[InDoubt] = []
-    for cluster, gid, gtrid, prepared_at, age in found:
-        if age < min_age:
+    for item in found:
+        if item.age < min_age:
             decision = "wait"
         else:
-            decision = "commit" if gtrid in decided else "rollback"
-        results.append(InDoubt(cluster.label, gid, prepared_at, decision))
-        if dry_run or decision == "wait":
-            continue
-        verb = "COMMIT PREPARED" if decision == "commit" else "ROLLBACK PREPARED"
-        with cluster.primary.connect() as connection:
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            connection.execute(
-                sa.text(f"{verb} :gid").bindparams(
-                    sa.bindparam("gid", gid, literal_execute=True)
-                )
-            )
-        _log.warning("recover: %s %s on %s", verb, gid, cluster.label)
+            decision = "commit" if item.gtrid in decided else "rollback"
+        results.append(
+            InDoubt(item.cluster.label, item.gid, item.prepared_at, decision)
+        )
+        if not dry_run and decision != "wait":
+            _finish(item, commit=decision == "commit")
     if not dry_run:
-        done = {
-            gtrid
-            for _, _, gtrid, _, age in found
-            if gtrid in decided and age >= min_age
-        }
-        waiting = {gtrid for _, _, gtrid, _, age in found if age < min_age}
-        done -= waiting
+        done = {i.gtrid for i in found if i.gtrid in decided and i.age >= min_age}
+        done -= {i.gtrid for i in found if i.age < min_age}
         if done:
             with router.default.primary.connect() as connection:
                 connection.execute(
@@ -123,3 +85,60 @@ def recover(
                 )
                 connection.commit()
     return results
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    cluster: Cluster
+    gid: str
+    gtrid: str
+    prepared_at: datetime.datetime
+    age: float
+
+
+def _prepared(cluster: Cluster) -> list[_Prepared]:
+    """Flask-Partition's prepared transactions on a PostgreSQL primary."""
+    if cluster.primary.dialect.name != "postgresql":
+        return []
+    with cluster.primary.connect() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT gid, prepared, extract(epoch FROM now() - prepared)"
+                " FROM pg_prepared_xacts"
+                " WHERE database = current_database() AND gid LIKE :prefix"
+                " ORDER BY prepared"
+            ),
+            {"prefix": f"{XID_PREFIX}.%"},
+        ).all()
+    found = []
+    for gid, prepared_at, age in rows:
+        match = XID_PATTERN.match(gid)
+        if match is not None:
+            found.append(
+                _Prepared(cluster, gid, match.group(1), prepared_at, float(age))
+            )
+    return found
+
+
+def _decided(router: Router, gtrids: list[str]) -> set[str]:
+    """The global ids among ``gtrids`` that have a commit record."""
+    with router.default.primary.connect() as connection:
+        if not sa.inspect(connection).has_table(commit_log.name):
+            return set()
+        return set(
+            connection.scalars(
+                sa.select(commit_log.c.gtrid).where(commit_log.c.gtrid.in_(gtrids))
+            )
+        )
+
+
+def _finish(item: _Prepared, *, commit: bool) -> None:
+    verb = "COMMIT PREPARED" if commit else "ROLLBACK PREPARED"
+    with item.cluster.primary.connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.execute(
+            sa.text(f"{verb} :gid").bindparams(
+                sa.bindparam("gid", item.gid, literal_execute=True)
+            )
+        )
+    _log.warning("recover: %s %s on %s", verb, item.gid, item.cluster.label)
