@@ -44,6 +44,11 @@ TRANSACTION_OVERRIDES: t.Final = {
     "_prepare_impl": (),
 }
 
+#: Where a declarative base keeps the registry SQLAlchemy made for it,
+#: besides the public ``registry``: left out when Flask-SQLAlchemy style
+#: bases are rebuilt, so SQLAlchemy makes a new one.
+REGISTRY_ATTRIBUTES: t.Final = ("_sa_registry",)
+
 # -- statements -----------------------------------------------------------
 
 
