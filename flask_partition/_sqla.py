@@ -23,6 +23,7 @@ import sqlalchemy.orm as sa_orm
 import sqlalchemy.sql.elements as sa_elements
 from sqlalchemy.ext.horizontal_shard import set_shard_id
 from sqlalchemy.orm.session import SessionTransactionState
+from sqlalchemy.sql.dml import ValuesBase
 
 if t.TYPE_CHECKING:
     from sqlalchemy.engine import Result
@@ -48,6 +49,10 @@ TRANSACTION_OVERRIDES: t.Final = {
 #: besides the public ``registry``: left out when Flask-SQLAlchemy style
 #: bases are rebuilt, so SQLAlchemy makes a new one.
 REGISTRY_ATTRIBUTES: t.Final = ("_sa_registry",)
+
+#: SQLAlchemy 2.0 keeps ``ordered_values()`` apart from ``values()``
+#: (``_ordered_values``); 2.1 keeps both in ``_values``.
+_ORDERED_APART: t.Final = hasattr(ValuesBase, "_ordered_values")
 
 # -- statements -----------------------------------------------------------
 
@@ -78,14 +83,10 @@ def where_criteria(statement: t.Any) -> tuple[t.Any, ...]:
 def dml_set_keys(statement: sa.Update | sa.Insert) -> set[str]:
     """The column keys an INSERT or UPDATE sets with ``.values()`` or
     ``.ordered_values()``.
-
-    SQLAlchemy 2.0 keeps ``ordered_values()`` apart from ``values()``;
-    2.1 keeps both in one mapping.
     """
     keys = {_key_of(column) for column in statement._values or {}}
-    ordered = statement.__dict__.get("_ordered_values")  # 2.0 only
-    if ordered:
-        keys.update(_key_of(column) for column, _ in ordered)
+    if _ORDERED_APART:
+        keys.update(_key_of(column) for column, _ in statement._ordered_values or ())
     return keys
 
 

@@ -952,6 +952,33 @@ def test_bulk_update_cannot_change_the_shard_key(shard_app: Flask) -> None:
     assert keys["a"][0] in _customers_on(shard_app)["a"]
 
 
+@pytest.mark.parametrize("target", ["orm", "core"])
+def test_update_with_ordered_values_cannot_change_the_shard_key(
+    shard_app: Flask, target: str
+) -> None:
+    # SQLAlchemy 2.0 keeps ordered_values() apart from values(): the guard
+    # missed it there and the row moved out of its key's reach.
+    keys = _seed_orders(shard_app)
+    table: t.Any = Order if target == "orm" else Order.__table__
+    column: t.Any = Order.customer_id if target == "orm" else table.c.customer_id
+    with shard_app.app_context():
+        with RoutingRecorder(sdb) as log, pytest.raises(ShardKeyError) as info:
+            sdb.session.execute(
+                sa.update(table)
+                .where(column == keys["a"][0])
+                .ordered_values((column, keys["b"][0]))
+            )
+        model = "Order" if target == "orm" else "order"
+        assert str(info.value) == (
+            f"This UPDATE sets {model}.customer_id, the shard key: the rows would"
+            " stay on the shard of their old key. Insert new rows and delete the"
+            " old ones instead. Nothing was written."
+        )
+        assert log.statements == []
+        sdb.session.commit()
+    assert keys["a"][0] in _customers_on(shard_app)["a"]
+
+
 def test_relating_rows_of_two_shards_is_refused(shard_app: Flask) -> None:
     keys = _seed_orders(shard_app)
     with shard_app.app_context():

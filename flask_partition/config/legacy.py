@@ -80,14 +80,7 @@ def read_sqlalchemy_config(
     legacy = [key for key in SQLALCHEMY_KEYS if config.get(key)]
     if not legacy:
         return None
-    ours = [key for key in PARTITION_KEYS if config.get(key) is not None]
-    if ours:
-        raise ValueError(
-            f"Both Flask-Partition's keys ({_quoted(ours)}) and Flask-SQLAlchemy's"
-            f" keys ({_quoted(legacy)}) are set. Configure the databases with one"
-            " family of keys: the 'PARTITION_*' keys, or the 'SQLALCHEMY_*' keys,"
-            " which are read only when no 'PARTITION_*' database key is set."
-        )
+    _refuse_both_families(config, legacy)
     echo = config.get("SQLALCHEMY_ECHO")
     binds = _sqlalchemy_binds(config.get("SQLALCHEMY_BINDS"))
     uri = config.get("SQLALCHEMY_DATABASE_URI")
@@ -108,6 +101,17 @@ def read_sqlalchemy_config(
             " to the URI of the default database, for example 'sqlite:///app.db'."
         )
     return _clusters(binds, echo, instance_path)
+
+
+def _refuse_both_families(config: t.Mapping[str, t.Any], legacy: list[str]) -> None:
+    ours = [key for key in PARTITION_KEYS if config.get(key) is not None]
+    if ours:
+        raise ValueError(
+            f"Both Flask-Partition's keys ({_quoted(ours)}) and Flask-SQLAlchemy's"
+            f" keys ({_quoted(legacy)}) are set. Configure the databases with one"
+            " family of keys: the 'PARTITION_*' keys, or the 'SQLALCHEMY_*' keys,"
+            " which are read only when no 'PARTITION_*' database key is set."
+        )
 
 
 def _clusters(

@@ -75,9 +75,7 @@ def plan_merge(
     sort, extras, order_by, combine = _plan_order(
         statement, dialect, descriptions, group_by, combine
     )
-    shard_statement = statement
-    if extras:
-        shard_statement = shard_statement.add_columns(*extras)
+    shard_statement = statement.add_columns(*extras) if extras else statement
     if order_by:
         # Each shard sorts exactly as the merge compares.
         shard_statement = shard_statement.order_by(None).order_by(*order_by)
