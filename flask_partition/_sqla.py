@@ -86,7 +86,8 @@ def dml_set_keys(statement: sa.Update | sa.Insert) -> set[str]:
     """
     keys = {_key_of(column) for column in statement._values or {}}
     if _ORDERED_APART:
-        keys.update(_key_of(column) for column, _ in statement._ordered_values or ())
+        ordered = t.cast(t.Any, statement)._ordered_values
+        keys.update(_key_of(column) for column, _ in ordered or ())
     return keys
 
 
