@@ -21,6 +21,7 @@ import typing as t
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 import sqlalchemy.sql.elements as sa_elements
+import sqlalchemy.sql.visitors as sa_visitors
 from sqlalchemy.ext.horizontal_shard import set_shard_id
 from sqlalchemy.orm.session import SessionTransactionState
 from sqlalchemy.sql.dml import ValuesBase
@@ -37,6 +38,11 @@ SESSION_OVERRIDES: t.Final = {
     "_connection_for_bind": ("engine", "execution_options"),
     "_identity_lookup": ("mapper", "primary_key_identity"),
 }
+#: The private :class:`~sqlalchemy.ext.horizontal_shard.ShardedSession`
+#: methods that :class:`~flask_partition.PartitionSession` overrides.
+SHARDED_SESSION_OVERRIDES: t.Final = {
+    "_choose_shard_and_assign": ("mapper", "instance"),
+}
 #: The private :class:`~sqlalchemy.orm.SessionTransaction` methods that
 #: :class:`~flask_partition.transactions.modes.PartitionTransaction`
 #: overrides or calls.
@@ -44,6 +50,20 @@ TRANSACTION_OVERRIDES: t.Final = {
     "_connection_for_bind": ("bind", "execution_options"),
     "_prepare_impl": (),
 }
+#: Private parameters of public methods that our overrides pass on.
+PRIVATE_PARAMETERS: t.Final = {
+    (sa_orm.SessionTransaction, "commit"): ("_to_root",),
+}
+_EXTENSION_POINTS = tuple(
+    name
+    for name in (
+        "_post_select_clause",
+        "_pre_columns_clause",
+        "_post_criteria_clause",
+        "_post_body_clause",
+    )
+    if hasattr(sa.Select, name)
+)
 
 #: Where a declarative base keeps the registry SQLAlchemy made for it,
 #: besides the public ``registry``: left out when Flask-SQLAlchemy style
@@ -105,8 +125,9 @@ def insert_multi_values(statement: sa.Insert) -> list[t.Any]:
     """The rows of a multi-row ``.values([...])``, as given (dicts or
     tuples); ``[]`` for other INSERTs.
     """
-    multi = statement._multi_values
-    return list(multi[0]) if multi else []
+    # Each .values([...]) call adds a list; SQLAlchemy sends their rows in
+    # one VALUES clause.
+    return [row for rows in statement._multi_values for row in rows]
 
 
 def with_multi_values(statement: sa.Insert, rows: t.Sequence[t.Any]) -> sa.Insert:
@@ -133,8 +154,29 @@ def has_explicit_froms(statement: t.Any) -> bool:
 
 
 def distinct_on(select: sa.Select[t.Any]) -> tuple[t.Any, ...]:
-    """The expressions of PostgreSQL's ``DISTINCT ON (...)``."""
-    return tuple(select._distinct_on)
+    """The expressions of PostgreSQL's ``DISTINCT ON (...)``: from
+    ``distinct(*expr)``, or on 2.1 from ``ext(postgresql.distinct_on(...))``.
+    """
+    found = list(select._distinct_on)
+    for extension in syntax_extensions(select):
+        for element in sa_visitors.iterate(extension):
+            if element.__visit_name__ == "postgresql_distinct_on":
+                found.extend(t.cast(t.Any, element)._distinct_on)
+    return tuple(found)
+
+
+def syntax_extensions(select: sa.Select[t.Any]) -> tuple[t.Any, ...]:
+    """The clauses ``Select.ext()`` added (SQLAlchemy 2.1); ``()`` on 2.0."""
+    return tuple(
+        clause
+        for clause in (getattr(select, name) for name in _EXTENSION_POINTS)
+        if clause is not None
+    )
+
+
+def fetch_clause(select: sa.Select[t.Any]) -> t.Any:
+    """The ``FETCH FIRST`` clause element of a SELECT, ``None`` without one."""
+    return select._fetch_clause
 
 
 def is_distinct(select: sa.Select[t.Any]) -> bool:
@@ -171,7 +213,11 @@ def correlates(select: sa.Select[t.Any]) -> bool:
     """Whether a subquery correlates to an enclosing query (the default,
     unless ``correlate(None)`` turned it off).
     """
-    return bool(select._auto_correlate or select._correlate)
+    return bool(
+        select._auto_correlate
+        or select._correlate
+        or select._correlate_except is not None
+    )
 
 
 def label_reference_target(expression: t.Any) -> tuple[t.Any, str | None]:
@@ -185,6 +231,15 @@ def label_reference_target(expression: t.Any) -> tuple[t.Any, str | None]:
     if isinstance(expression, sa_elements._textual_label_reference):
         return expression, expression.element
     return expression, None
+
+
+def strip_label_reference(term: t.Any) -> t.Any:
+    """What an ORDER BY term built from a label object wraps:
+    ``order_by(label.desc())`` puts the DESC inside the reference.
+    """
+    if isinstance(term, sa_elements._label_reference):
+        return term.element
+    return term
 
 
 def is_annotated(element: t.Any) -> bool:
@@ -207,8 +262,9 @@ def requires_unique(result: Result[t.Any]) -> bool:
 
 
 def mark_single_entity(result: Result[t.Any]) -> None:
-    """Make a merged result yield ORM objects from ``scalars()`` as a
-    one-entity ORM result does.
+    """Mark a merged result as a one-entity ORM result, so the legacy
+    :class:`~sqlalchemy.orm.Query` (``.all()``, ``Model.query``) yields the
+    objects rather than one-column rows.
     """
     result._attributes = result._attributes.union({"is_single_entity": True})
 
@@ -248,8 +304,12 @@ def identity_token_option(orm_context: sa_orm.ORMExecuteState) -> t.Any:
 
 
 def autoflush_option(orm_context: sa_orm.ORMExecuteState) -> bool:
-    """Whether the ORM would autoflush before this statement, by its own
-    options (a SELECT's ``autoflush``, an ORM UPDATE/DELETE's).
+    """Whether to flush before this statement, by its own options (a
+    SELECT's ``autoflush``, an ORM UPDATE/DELETE's); ``True`` for other
+    statements, Core and ``text()`` included, as SQLAlchemy 2.1 does (2.0
+    does not autoflush before Core statements; Flask-Partition flushes
+    before them on every release, so a statement on a sharded table sees
+    the session's pending rows and their shards count as written).
     """
     options = _orm_options(orm_context)
     return True if options is None else bool(options._autoflush)
@@ -280,6 +340,26 @@ def shard_of_state(state: t.Any) -> t.Any:
 def set_identity_token(state: t.Any, shard: str) -> None:
     """Give a pending instance the shard it will be flushed to."""
     state.identity_token = shard
+
+
+def use_plain_session_lookups(session: sa_orm.Session) -> None:
+    """Make a session without shards look up identities and connections as
+    a plain :class:`~sqlalchemy.orm.Session` does, past
+    :class:`~sqlalchemy.ext.horizontal_shard.ShardedSession`'s overrides
+    (this is on the path of every ``get()``).
+    """
+    plain = sa_orm.Session
+    session._identity_lookup = plain._identity_lookup.__get__(session)  # type: ignore[method-assign]
+    session._connection_for_bind = plain._connection_for_bind.__get__(session)  # type: ignore[method-assign]
+
+
+def plain_identity_lookup(
+    session: sa_orm.Session, mapper: t.Any, *args: t.Any, **kw: t.Any
+) -> t.Any:
+    """Look up an identity as a plain :class:`~sqlalchemy.orm.Session` does
+    (for unsharded mappers of a sharded session).
+    """
+    return sa_orm.Session._identity_lookup(session, mapper, *args, **kw)
 
 
 # -- the session's transaction ---------------------------------------------
@@ -359,7 +439,11 @@ def replace_transaction_class(
     commit without copying SQLAlchemy's code.
     """
     if not issubclass(cls, type(transaction)):
-        raise TypeError(f"{cls.__name__} does not subclass {type(transaction)}.")
+        raise TypeError(
+            f"{cls.__name__!r} does not subclass"
+            f" {type(transaction).__name__!r}; cannot replace the transaction's"
+            " class."
+        )
     transaction.__class__ = cls
 
 

@@ -116,9 +116,7 @@ class PartitionSession(ShardedSession):
             # does, and identity lookups and connections skip the sharding
             # overrides (this is on the path of every get()).
             self.connection_callable = None  # type: ignore[assignment]
-            plain = sa_orm.Session
-            self._identity_lookup = plain._identity_lookup.__get__(self)  # type: ignore[method-assign]
-            self._connection_for_bind = plain._connection_for_bind.__get__(self)  # type: ignore[method-assign]
+            _sqla.use_plain_session_lookups(self)
 
     @property
     def written_clusters(self) -> set[str | None]:
@@ -282,7 +280,7 @@ class PartitionSession(ShardedSession):
 
     def _identity_lookup(self, mapper: t.Any, *args: t.Any, **kw: t.Any) -> t.Any:
         if self.shards is None or self.router.shard_key(mapper) is None:
-            return sa_orm.Session._identity_lookup(self, mapper, *args, **kw)
+            return _sqla.plain_identity_lookup(self, mapper, *args, **kw)
         return super()._identity_lookup(mapper, *args, **kw)
 
     def _connection_for_bind(

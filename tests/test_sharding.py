@@ -1120,6 +1120,7 @@ def _both(
 
 _amount_desc = Order.amount.desc()
 _count = sa.func.count()
+_AMOUNT = Order.amount.label("amt")
 _MERGES = [
     pytest.param(
         sa.select(Order.id, Order.amount)
@@ -1264,6 +1265,16 @@ _MERGES = [
         .limit(8),
         True,
         id="label-order",
+    ),
+    pytest.param(
+        sa.select(_AMOUNT, Order.id).order_by(_AMOUNT.desc(), Order.id).limit(8),
+        True,
+        id="label-object-desc",
+    ),
+    pytest.param(
+        sa.select(Order.id).order_by(_AMOUNT.desc(), Order.id).limit(8),
+        True,
+        id="unselected-label-object-desc",
     ),
     pytest.param(
         sa.select(Order.id).order_by(Order.note.desc(), Order.amount, Order.id),

@@ -119,6 +119,17 @@ def _check_shape(statement: t.Any) -> None:
             "SELECT DISTINCT ON over every shard cannot be merged exactly."
             " Narrow it to one shard or use GROUP BY."
         )
+    if _sqla.syntax_extensions(statement):
+        raise ScatterError(
+            "A SELECT with a syntax extension ('Select.ext()') over every shard"
+            " cannot be merged exactly. Narrow it to one shard with 'use_shard'"
+            " or a shard key condition."
+        )
+    if _sqla.fetch_clause(statement) is not None:
+        raise ScatterError(
+            "FETCH FIRST over every shard is not merged. Use limit() instead,"
+            " or narrow the query to one shard."
+        )
 
 
 def _combine_ops(
@@ -220,6 +231,7 @@ def _selected_position(
 def _unwrap_order(term: t.Any) -> tuple[t.Any, bool, bool | None]:
     descending = False
     nulls: bool | None = None
+    term = _sqla.strip_label_reference(term)
     while isinstance(term, sa_elements.UnaryExpression):
         modifier = term.modifier
         if modifier is sa_operators.desc_op:
@@ -232,7 +244,7 @@ def _unwrap_order(term: t.Any) -> tuple[t.Any, bool, bool | None]:
             nulls = False
         else:
             break
-        term = term.element
+        term = _sqla.strip_label_reference(term.element)
     return term, descending, nulls
 
 
