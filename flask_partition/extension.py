@@ -223,8 +223,11 @@ class PartitionDB(compat.SQLAlchemyCompat):
         # First of the app's before_request functions, so hooks registered
         # earlier (loading the current user, say) already read with the
         # client's token and the request's shard.
-        app.before_request_funcs.setdefault(None, []).insert(0, self._before_request)
-        app.after_request(self._after_request)
+        # The hooks get this app's state bound: no lookup per request.
+        state = self.get_state(app)
+        before = functools.partial(self._before_request, state)
+        app.before_request_funcs.setdefault(None, []).insert(0, before)
+        app.after_request(functools.partial(self._after_request, state))
         app.teardown_request(reset_request)
         app.teardown_appcontext(self._teardown_session)
         app.cli.add_command(partition_cli)
@@ -252,8 +255,7 @@ class PartitionDB(compat.SQLAlchemyCompat):
         self._shard_resolver = resolver
         return resolver
 
-    def _before_request(self) -> None:
-        state = self.get_state()
+    def _before_request(self, state: PartitionState) -> None:
         shard = None
         if self._shard_resolver is not None:
             shard = self._shard_resolver()
@@ -261,8 +263,7 @@ class PartitionDB(compat.SQLAlchemyCompat):
                 abort(404, description=f"Unknown shard {str(shard)[:64]!r}.")
         begin_request(state.carrier, shard, debug_header=state.topology.debug_header)
 
-    def _after_request(self, response: Response) -> Response:
-        state = self.get_state()
+    def _after_request(self, state: PartitionState, response: Response) -> Response:
         committed: set[str | None] = set()
         if state.carrier is not None and self.session.registry.has():
             txn = self.session().txn

@@ -100,21 +100,23 @@ class PartitionSession(ShardedSession):
         self.routing = SessionRouting()
         #: What the open transaction wrote and how it commits.
         self.txn = TransactionState(router.commit_mode)
-        shards = ShardExecutor(self)
-        # ShardedQuery reads the choosers even when no shards are configured.
-        choice = shards.choice
-        self.shard_chooser = router.shard_chooser or choice.choose_shard
-        self.identity_chooser = router.identity_chooser or choice.identity_shards
-        self.execute_chooser = router.execute_chooser or choice.execute_shards
         #: Runs statements on sharded tables; ``None`` without shards.
         self.shards: ShardExecutor | None = None
         if router.shards:
-            self.shards = shards
+            self.shards = shards = ShardExecutor(self)
+            choice = shards.choice
+            self.shard_chooser = router.shard_chooser or choice.choose_shard
+            self.identity_chooser = router.identity_chooser or choice.identity_shards
+            self.execute_chooser = router.execute_chooser or choice.execute_shards
             sa.event.listen(self, "do_orm_execute", shards.on_execute, retval=True)
         else:
-            # No shards: flush asks get_bind directly, as a plain Session
+            # No shards: ShardedQuery still reads the choosers; every row is
+            # unsharded. Flush asks get_bind directly, as a plain Session
             # does, and identity lookups and connections skip the sharding
             # overrides (this is on the path of every get()).
+            self.shard_chooser = _no_shard
+            self.identity_chooser = _only_unsharded
+            self.execute_chooser = _no_shards
             self.connection_callable = None  # type: ignore[assignment]
             _sqla.use_plain_session_lookups(self)
 
@@ -328,6 +330,18 @@ class PartitionSession(ShardedSession):
                     self.txn, self.router.shards, flush_shards(self, self.router)
                 )
         super().flush(objects)
+
+
+def _no_shard(mapper: t.Any, instance: t.Any, clause: t.Any) -> None:
+    return None
+
+
+def _only_unsharded(mapper: t.Any, primary_key: t.Any, **kw: t.Any) -> list[None]:
+    return [None]
+
+
+def _no_shards(orm_context: t.Any) -> list[str]:
+    return []
 
 
 @sa.event.listens_for(PartitionSession, "before_commit")
