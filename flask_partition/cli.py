@@ -56,7 +56,7 @@ if t.TYPE_CHECKING:
 
     from .extension import PartitionDB
     from .extension import PartitionState
-    from .testing import PostgresTopology
+    from .pgcluster import PostgresTopology
 
 #: Exit code: the command did what it was asked; every node answered.
 EXIT_OK: t.Final = 0
@@ -1254,8 +1254,8 @@ def dev_cluster_command(
     shell that runs the app. Needs the PostgreSQL server binaries; data
     lives in a temporary folder and is deleted when the servers stop.
     """
-    from .testing import PostgresTopology
-    from .testing import unavailable_reason
+    from .pgcluster import PostgresTopology
+    from .pgcluster import unavailable_reason
 
     router = _state().router
     binds = binds or tuple(k for k in router.clusters if k is not None)

@@ -494,10 +494,10 @@ def test_shards_other_map_and_bad_key(tmp_path: t.Any) -> None:
 def test_dev_cluster_without_postgres(
     make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import flask_partition.testing
+    import flask_partition.pgcluster
 
     monkeypatch.setattr(
-        flask_partition.testing, "unavailable_reason", lambda: "no binaries here."
+        flask_partition.pgcluster, "unavailable_reason", lambda: "no binaries here."
     )
     result = run(make_app(), "dev-cluster")
     assert result.exit_code == cli.EXIT_FAILED
