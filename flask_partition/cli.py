@@ -40,14 +40,15 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from .config import ClusterConfig
-from .config import mask_uri
 from .config import ReplicaSettings
+from .display import capitalized as _capitalized
+from .display import display_url as display_url
+from .display import error_text as _error_text
 from .errors import ShardingError
 from .errors import UnknownShardError
 from .replicas import cluster_label
 from .replicas import Probe
 from .replicas import read_probe
-from .replicas import safe_message
 from .routing import Role
 from .sharding import HashShardMap
 
@@ -534,36 +535,6 @@ def _limit_notes(settings: ReplicaSettings, wal: Probe) -> tuple[str, ...]:
             " app reads elsewhere"
         )
     return tuple(notes)
-
-
-def display_url(url: sa.URL) -> str:
-    """Render ``url`` for people: the password masked, a SQLite path as
-    written (SQLAlchemy would escape the ``:`` of ``file:``).
-
-    .. versionadded:: 0.1.0
-    """
-    if url.get_backend_name() == "sqlite" and url.database:
-        query = "&".join(f"{k}={v}" for k, v in sorted(url.query.items()))
-        return f"{url.drivername}:///{url.database}{'?' + query if query else ''}"
-    return mask_uri(url)
-
-
-def _error_text(error: BaseException, *engines: sa.Engine) -> str:
-    """One line about ``error``: the driver's exception, without the SQL,
-    through :func:`~flask_partition.replicas.safe_message` for each of
-    ``engines``, so their passwords are masked even where echoed bare.
-    """
-    cause = getattr(error, "orig", None) or error
-    name = type(cause).__name__
-    text = f"{name}: {str(cause).strip() or name}".splitlines()[0]
-    for engine in engines:
-        text = safe_message(text, engine)
-    return mask_uri(text)
-
-
-def _capitalized(text: str) -> str:
-    """``text`` to start a sentence: ``bind 'x'`` becomes ``Bind 'x'``."""
-    return text[:1].upper() + text[1:]
 
 
 def _table(header: list[str], rows: list[list[str]], right: set[int]) -> str:

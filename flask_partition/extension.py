@@ -24,6 +24,7 @@ from flask import Response
 from flask.globals import app_ctx
 
 from . import compat
+from . import schema
 from .cli import partition_cli
 from .config import ClusterConfig
 from .config import mask_uri
@@ -580,41 +581,13 @@ class PartitionDB(compat.SQLAlchemyCompat):
     def _call_for_clusters(self, bind: t.Any, shard: t.Any, operation: str) -> None:
         if bind is _UNSET and shard is _UNSET:
             bind = shard = ALL
-        router = self.get_router()
-        engines: list[tuple[sa.MetaData, sa.Engine]] = []
-        if bind is not _UNSET:
-            for key in self._bind_keys(bind, router):
-                metadata = self._metadata_for(key)
-                tables = ", ".join(repr(name) for name in metadata.tables)
-                context = f" (tables {tables})" if tables else ""
-                engines.append((metadata, router.cluster(key, context=context).primary))
-        if shard is not _UNSET:
-            if shard == ALL:
-                names = list(router.shards)
-                if not names and self._shard_metadata.tables:
-                    router.shard(None, context=" (sharded tables exist)")
-            elif isinstance(shard, str):
-                names = [shard]
-            else:
-                names = list(shard)
-            for name in names:
-                cluster = router.shard(name, context=f" (in '{operation}')")
-                engines.append((self._shard_metadata, cluster.primary))
-        for metadata, engine in engines:
-            getattr(metadata, operation)(bind=engine)
-
-    def _bind_keys(self, bind: t.Any, router: Router) -> list[str | None]:
-        if bind == ALL:
-            # This app's clusters, and any bind key a model declared (so a
-            # model whose key the app lacks is reported, not skipped).
-            keys: list[str | None] = list(self.engines)
-            keys += [
-                k for k, m in self._metadatas.items() if m.tables and k not in keys
-            ]
-            return keys
-        if bind is None or isinstance(bind, str):
-            return [bind]
-        return list(bind)
+        chosen = schema.targets(
+            self,
+            binds=_selection(bind, scalar_none=True),
+            shards=_selection(shard, scalar_none=False),
+            operation=operation,
+        )
+        schema.run(chosen, operation)
 
     def get_or_404(
         self,
@@ -699,6 +672,19 @@ def _bind_arg(bind: t.Any, bind_key: t.Any) -> t.Any:
     if bind is not _UNSET:
         raise TypeError("Pass 'bind' or its alias 'bind_key', not both.")
     return bind_key
+
+
+def _selection(value: t.Any, *, scalar_none: bool) -> t.Any:
+    """A ``bind=`` or ``shard=`` argument as :mod:`~flask_partition.schema`
+    takes it; ``scalar_none``: ``None`` names the default cluster.
+    """
+    if value is _UNSET:
+        return ()
+    if value == ALL:
+        return schema.EVERY
+    if isinstance(value, str) or (scalar_none and value is None):
+        return (value,)
+    return tuple(value)
 
 
 def _check_replica_settings(topology: Topology) -> None:

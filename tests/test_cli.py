@@ -17,6 +17,7 @@ from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
 from flask_partition import cli
+from flask_partition import display
 from flask_partition import HashShardMap
 from flask_partition import KeyIsShardName
 from flask_partition import PartitionDB
@@ -548,7 +549,7 @@ def test_error_text_masks_an_echoed_password() -> None:
             "password 's3cret' rejected for postgresql://app:s3cret@db1/app\nDETAIL"
         ),
     )
-    assert cli._error_text(error, engine) == (
+    assert display.error_text(error, engine) == (
         "Exception: password '***' rejected for postgresql://app:***@db1/app"
     )
     engine.dispose()
@@ -556,7 +557,7 @@ def test_error_text_masks_an_echoed_password() -> None:
 
 def test_display_url_masks_passwords() -> None:
     url = sa.make_url("postgresql+psycopg://app:s3cret@db1:5432/app")
-    assert cli.display_url(url) == "postgresql+psycopg://app:***@db1:5432/app"
+    assert display.display_url(url) == "postgresql+psycopg://app:***@db1:5432/app"
     sqlite = sa.make_url("sqlite:///file:/srv/app.db?uri=true&mode=ro")
-    assert cli.display_url(sqlite) == "sqlite:///file:/srv/app.db?mode=ro&uri=true"
-    assert cli.display_url(sa.make_url("sqlite://")) == "sqlite://"
+    assert display.display_url(sqlite) == "sqlite:///file:/srv/app.db?mode=ro&uri=true"
+    assert display.display_url(sa.make_url("sqlite://")) == "sqlite://"
