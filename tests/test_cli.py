@@ -19,9 +19,12 @@ from sqlalchemy.orm import mapped_column
 from flask_partition import cli
 from flask_partition import display
 from flask_partition import HashShardMap
+from flask_partition import health
 from flask_partition import KeyIsShardName
 from flask_partition import PartitionDB
 from flask_partition import PartitionModel
+from flask_partition.appstate import app_state
+from flask_partition.appstate import AppState
 from flask_partition.routing import Role
 from partition_models import AppFactory
 from partition_models import db
@@ -64,6 +67,19 @@ def test_commands_are_registered(make_app: AppFactory) -> None:
     for command in ("status", "create-all", "drop-all", "shards", "dev-cluster"):
         assert command in result.output
     assert "Exit codes: 0 success, 1 a node unreachable" in result.output
+
+
+def test_app_state_is_the_extension_state(make_app: AppFactory) -> None:
+    app = make_app()
+    state: AppState = db.get_state(app)
+    assert app_state(app) is state
+    with app.app_context():
+        assert app_state() is state
+    with pytest.raises(RuntimeError) as info:
+        app_state(Flask("bare"))
+    assert str(info.value) == (
+        "The Flask app 'bare' has no 'PartitionDB'. Call 'db.init_app(app)' first."
+    )
 
 
 # -- status ---------------------------------------------------------------------
@@ -151,7 +167,7 @@ def test_status_options_are_checked(make_app: AppFactory) -> None:
 
 def test_check_nodes_without_a_command(make_shard_app: ShardAppFactory) -> None:
     app = make_shard_app()
-    nodes = cli.check_nodes(app, timeout=1)
+    nodes = health.check_nodes(app, timeout=1)
     assert [(n.cluster, n.kind, n.name) for n in nodes] == [
         (None, "default", "primary"),
         ("analytics", "bind", "primary"),
@@ -163,7 +179,7 @@ def test_check_nodes_without_a_command(make_shard_app: ShardAppFactory) -> None:
     assert all(n.reachable and n.error is None for n in nodes)
     assert nodes[-1].role is Role.REPLICA
     with app.app_context():
-        assert cli.check_nodes() == nodes
+        assert health.check_nodes() == nodes
 
 
 # -- create-all and drop-all ------------------------------------------------------
