@@ -25,7 +25,7 @@ from flask.globals import app_ctx
 
 from . import compat
 from . import schema
-from .cli import partition_cli
+from .cli_group import partition_group
 from .config import ClusterConfig
 from .config import mask_uri
 from .config import parse_config
@@ -262,7 +262,8 @@ class PartitionDB(compat.SQLAlchemyCompat):
         app.after_request(self._after_request)
         app.teardown_request(self._reset_request)
         app.teardown_appcontext(self._teardown_session)
-        app.cli.add_command(partition_cli)
+        # By name, on first use: runtime modules never import the commands.
+        app.cli.add_command(partition_group())
 
     def shard_resolver(
         self, resolver: t.Callable[[], str | None]

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import typing as t
 
+import click
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
@@ -67,6 +68,21 @@ def test_commands_are_registered(make_app: AppFactory) -> None:
     for command in ("status", "create-all", "drop-all", "shards", "dev-cluster"):
         assert command in result.output
     assert "Exit codes: 0 success, 1 a node unreachable" in result.output
+
+
+def test_init_app_adds_a_group_over_partition_cli(make_app: AppFactory) -> None:
+    """The group that ``init_app`` adds loads ``partition_cli`` by name and
+    offers its commands under the same name and help.
+    """
+    app = make_app()
+    group = app.cli.commands["partition"]
+    assert isinstance(group, click.Group)
+    assert group is not cli.partition_cli
+    assert (group.name, group.help) == ("partition", cli.partition_cli.help)
+    with click.Context(group) as ctx:
+        assert group.list_commands(ctx) == sorted(cli.partition_cli.commands)
+        for name, command in cli.partition_cli.commands.items():
+            assert group.get_command(ctx, name) is command
 
 
 def test_app_state_is_the_extension_state(make_app: AppFactory) -> None:

@@ -20,13 +20,15 @@ what it inspects (:mod:`~flask_partition.health`,
 :mod:`~flask_partition.schema`, :mod:`~flask_partition.shard_report`,
 :mod:`~flask_partition.transactions`, :mod:`~flask_partition.pgcluster`),
 prints, and chooses the exit code: :data:`EXIT_OK`, :data:`EXIT_FAILED` or
-:data:`EXIT_USAGE`.
+:data:`EXIT_USAGE`. No other module of the package imports this one:
+``init_app`` registers a group that loads it by name on first use.
 """
 
 from __future__ import annotations
 
 from flask.cli import AppGroup
 
+from ..cli_group import HELP
 from ._output import EXIT_FAILED as EXIT_FAILED
 from ._output import EXIT_OK as EXIT_OK
 from ._output import EXIT_USAGE as EXIT_USAGE
@@ -39,15 +41,7 @@ from .schema import drop_all_command
 from .shards import shards_command
 from .status import status_command
 
-partition_cli = AppGroup(
-    "partition",
-    help=(
-        "Inspect and manage the databases of Flask-Partition: the default"
-        " cluster, the binds and the shards. Exit codes: 0 success, 1 a node"
-        " unreachable, a schema behind its migrations or an operation failed,"
-        " 2 usage error."
-    ),
-)
+partition_cli = AppGroup("partition", help=HELP)
 partition_cli.add_command(status_command)
 partition_cli.add_command(create_all_command)
 partition_cli.add_command(drop_all_command)
