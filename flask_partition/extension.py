@@ -19,7 +19,8 @@ from flask import Response
 from flask.globals import app_ctx
 
 from . import compat
-from .cli import partition_cli
+from . import schema
+from .cli_group import partition_group
 from .config import parse_config
 from .config import Topology
 from .consistency import check_token_secret
@@ -39,7 +40,6 @@ from .topology import build_router
 from .topology import Router
 from .transactions.twophase import ensure_two_phase
 
-_T = t.TypeVar("_T")
 _log = logging.getLogger("flask_partition")
 
 #: Pass as ``bind=`` to :meth:`~flask_partition.PartitionDB.create_all`
@@ -230,7 +230,8 @@ class PartitionDB(compat.SQLAlchemyCompat):
         app.after_request(functools.partial(self._after_request, state))
         app.teardown_request(reset_request)
         app.teardown_appcontext(self._teardown_session)
-        app.cli.add_command(partition_cli)
+        # By name, on first use: runtime modules never import the commands.
+        app.cli.add_command(partition_group())
 
     def shard_resolver(
         self, resolver: t.Callable[[], str | None]
@@ -405,81 +406,13 @@ class PartitionDB(compat.SQLAlchemyCompat):
     def _call_for_clusters(self, bind: t.Any, shard: t.Any, operation: str) -> None:
         if bind is _UNSET and shard is _UNSET:
             bind = shard = ALL
-        router = self.get_router()
-        engines: list[tuple[sa.MetaData, sa.Engine]] = []
-        if bind is not _UNSET:
-            for key in self._bind_keys(bind, router):
-                metadata = self._metadata_for(key)
-                tables = ", ".join(repr(name) for name in metadata.tables)
-                context = f" (tables {tables})" if tables else ""
-                engines.append((metadata, router.cluster(key, context=context).primary))
-        if shard is not _UNSET:
-            if shard == ALL:
-                names = list(router.shards)
-                if not names and self._shard_metadata.tables:
-                    router.shard(None, context=" (sharded tables exist)")
-            elif isinstance(shard, str):
-                names = [shard]
-            else:
-                names = list(shard)
-            for name in names:
-                cluster = router.shard(name, context=f" (in '{operation}')")
-                engines.append((self._shard_metadata, cluster.primary))
-        for metadata, engine in engines:
-            getattr(metadata, operation)(bind=engine)
-
-    def _bind_keys(self, bind: t.Any, router: Router) -> list[str | None]:
-        if bind == ALL:
-            # This app's clusters, and any bind key a model declared (so a
-            # model whose key the app lacks is reported, not skipped).
-            keys: list[str | None] = list(self.engines)
-            keys += [
-                k for k, m in self._metadatas.items() if m.tables and k not in keys
-            ]
-            return keys
-        if bind is None or isinstance(bind, str):
-            return [bind]
-        return list(bind)
-
-    def get_or_404(
-        self,
-        entity: type[_T],
-        ident: t.Any,
-        *,
-        description: str | None = None,
-        **kwargs: t.Any,
-    ) -> _T:
-        """Return the row with primary key ``ident``, or abort with 404.
-
-        :param entity: The model class.
-        :param ident: The primary key value.
-        :param description: The 404 error's description.
-        :param kwargs: Passed to :meth:`~sqlalchemy.orm.Session.get`.
-        """
-        value = self.session.get(entity, ident, **kwargs)
-        if value is None:
-            abort(404, description=description)
-        return value
-
-    def first_or_404(
-        self, statement: sa.Select[t.Any], *, description: str | None = None
-    ) -> t.Any:
-        """Return the first scalar of ``statement``, or abort with 404."""
-        value = self.session.execute(statement).scalar()
-        if value is None:
-            abort(404, description=description)
-        return value
-
-    def one_or_404(
-        self, statement: sa.Select[t.Any], *, description: str | None = None
-    ) -> t.Any:
-        """Return the only scalar of ``statement``; abort with 404 when there
-        is none or more than one.
-        """
-        try:
-            return self.session.execute(statement).scalar_one()
-        except (sa_exc.NoResultFound, sa_exc.MultipleResultsFound):
-            abort(404, description=description)
+        chosen = schema.targets(
+            self,
+            binds=_selection(bind, scalar_none=True),
+            shards=_selection(shard, scalar_none=False),
+            operation=operation,
+        )
+        schema.run(chosen, operation)
 
     def paginate(
         self,
@@ -524,3 +457,16 @@ def _bind_arg(bind: t.Any, bind_key: t.Any) -> t.Any:
     if bind is not _UNSET:
         raise TypeError("Pass 'bind' or its alias 'bind_key', not both.")
     return bind_key
+
+
+def _selection(value: t.Any, *, scalar_none: bool) -> t.Any:
+    """A ``bind=`` or ``shard=`` argument as :mod:`~flask_partition.schema`
+    takes it; ``scalar_none``: ``None`` names the default cluster.
+    """
+    if value is _UNSET:
+        return ()
+    if value == ALL:
+        return schema.EVERY
+    if isinstance(value, str) or (scalar_none and value is None):
+        return (value,)
+    return tuple(value)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import subprocess
+import sys
+import textwrap
 import typing as t
 
 import pytest
@@ -136,11 +139,15 @@ def test_cycle_detection_finds_a_planted_cycle() -> None:
     assert "flask_partition.session" in cycle
 
 
+def _on_top(module: str) -> bool:
+    return any(module == top or module.startswith(f"{top}.") for top in TOP_LAYER)
+
+
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_runtime_modules_do_not_import_the_top_layer(module: str) -> None:
-    if module.startswith(TOP_LAYER) or module == TOP:
+    if _on_top(module) or module == TOP:
         return
-    bad = sorted(m for m in GRAPH[module] if m.startswith(TOP_LAYER))
+    bad = sorted(m for m in GRAPH[module] if _on_top(m))
     assert not bad, f"{module} imports {bad}: the CLI and testing helpers sit on top."
 
 
@@ -150,6 +157,44 @@ def test_module_size(module: str) -> None:
     assert lines <= MAX_MODULE_LINES, (
         f"{module} has {lines} lines (limit {MAX_MODULE_LINES}): split it by"
         " responsibility."
+    )
+
+
+@pytest.mark.parametrize(
+    "module", sorted(m for m in MODULES if m.startswith("flask_partition.cli"))
+)
+def test_the_commands_do_not_import_the_extension(module: str) -> None:
+    # They find the app's state through a Protocol (appstate.py).
+    assert "flask_partition.extension" not in GRAPH[module]
+
+
+def test_the_commands_load_on_first_use() -> None:
+    """``init_app`` and ``flask --help`` leave the commands unloaded; listing
+    or running them loads them.
+    """
+    script = textwrap.dedent(
+        """
+        import sys
+        from flask import Flask
+        from flask_partition import PartitionDB
+
+        app = Flask("lazy")
+        app.config["PARTITION_DATABASE_URI"] = "sqlite://"
+        PartitionDB(app)
+        runner = app.test_cli_runner()
+        loaded = ["flask_partition.cli" in sys.modules]
+        assert runner.invoke(args=["--help"]).exit_code == 0
+        loaded.append("flask_partition.cli" in sys.modules)
+        result = runner.invoke(args=["partition", "shards"])
+        loaded.append("flask_partition.cli" in sys.modules)
+        print(loaded, result.exit_code, repr(result.output))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert result.stdout == (
+        "[False, False, True] 0 \"No shards: 'PARTITION_SHARDS' is not set.\\n\"\n"
     )
 
 

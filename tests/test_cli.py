@@ -8,6 +8,7 @@ import os
 import sqlite3
 import typing as t
 
+import click
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
@@ -17,10 +18,14 @@ from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
 from flask_partition import cli
+from flask_partition import display
 from flask_partition import HashShardMap
+from flask_partition import health
 from flask_partition import KeyIsShardName
 from flask_partition import PartitionDB
 from flask_partition import PartitionModel
+from flask_partition.appstate import app_state
+from flask_partition.appstate import AppState
 from flask_partition.routing import Role
 from partition_models import AppFactory
 from partition_models import db
@@ -63,6 +68,34 @@ def test_commands_are_registered(make_app: AppFactory) -> None:
     for command in ("status", "create-all", "drop-all", "shards", "dev-cluster"):
         assert command in result.output
     assert "Exit codes: 0 success, 1 a node unreachable" in result.output
+
+
+def test_init_app_adds_a_group_over_partition_cli(make_app: AppFactory) -> None:
+    """The group that ``init_app`` adds loads ``partition_cli`` by name and
+    offers its commands under the same name and help.
+    """
+    app = make_app()
+    group = app.cli.commands["partition"]
+    assert isinstance(group, click.Group)
+    assert group is not cli.partition_cli
+    assert (group.name, group.help) == ("partition", cli.partition_cli.help)
+    with click.Context(group) as ctx:
+        assert group.list_commands(ctx) == sorted(cli.partition_cli.commands)
+        for name, command in cli.partition_cli.commands.items():
+            assert group.get_command(ctx, name) is command
+
+
+def test_app_state_is_the_extension_state(make_app: AppFactory) -> None:
+    app = make_app()
+    state: AppState = db.get_state(app)
+    assert app_state(app) is state
+    with app.app_context():
+        assert app_state() is state
+    with pytest.raises(RuntimeError) as info:
+        app_state(Flask("bare"))
+    assert str(info.value) == (
+        "The Flask app 'bare' has no 'PartitionDB'. Call 'db.init_app(app)' first."
+    )
 
 
 # -- status ---------------------------------------------------------------------
@@ -150,7 +183,7 @@ def test_status_options_are_checked(make_app: AppFactory) -> None:
 
 def test_check_nodes_without_a_command(make_shard_app: ShardAppFactory) -> None:
     app = make_shard_app()
-    nodes = cli.check_nodes(app, timeout=1)
+    nodes = health.check_nodes(app, timeout=1)
     assert [(n.cluster, n.kind, n.name) for n in nodes] == [
         (None, "default", "primary"),
         ("analytics", "bind", "primary"),
@@ -162,7 +195,7 @@ def test_check_nodes_without_a_command(make_shard_app: ShardAppFactory) -> None:
     assert all(n.reachable and n.error is None for n in nodes)
     assert nodes[-1].role is Role.REPLICA
     with app.app_context():
-        assert cli.check_nodes() == nodes
+        assert health.check_nodes() == nodes
 
 
 # -- create-all and drop-all ------------------------------------------------------
@@ -494,10 +527,10 @@ def test_shards_other_map_and_bad_key(tmp_path: t.Any) -> None:
 def test_dev_cluster_without_postgres(
     make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import flask_partition.testing
+    import flask_partition.pgcluster
 
     monkeypatch.setattr(
-        flask_partition.testing, "unavailable_reason", lambda: "no binaries here."
+        flask_partition.pgcluster, "unavailable_reason", lambda: "no binaries here."
     )
     result = run(make_app(), "dev-cluster")
     assert result.exit_code == cli.EXIT_FAILED
@@ -548,7 +581,7 @@ def test_error_text_masks_an_echoed_password() -> None:
             "password 's3cret' rejected for postgresql://app:s3cret@db1/app\nDETAIL"
         ),
     )
-    assert cli._error_text(error, engine) == (
+    assert display.error_text(error, engine) == (
         "Exception: password '***' rejected for postgresql://app:***@db1/app"
     )
     engine.dispose()
@@ -556,7 +589,7 @@ def test_error_text_masks_an_echoed_password() -> None:
 
 def test_display_url_masks_passwords() -> None:
     url = sa.make_url("postgresql+psycopg://app:s3cret@db1:5432/app")
-    assert cli.display_url(url) == "postgresql+psycopg://app:***@db1:5432/app"
+    assert display.display_url(url) == "postgresql+psycopg://app:***@db1:5432/app"
     sqlite = sa.make_url("sqlite:///file:/srv/app.db?uri=true&mode=ro")
-    assert cli.display_url(sqlite) == "sqlite:///file:/srv/app.db?mode=ro&uri=true"
-    assert cli.display_url(sa.make_url("sqlite://")) == "sqlite://"
+    assert display.display_url(sqlite) == "sqlite:///file:/srv/app.db?mode=ro&uri=true"
+    assert display.display_url(sa.make_url("sqlite://")) == "sqlite://"

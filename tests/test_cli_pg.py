@@ -18,6 +18,7 @@ from click.testing import Result
 from flask import Flask
 
 from flask_partition import cli
+from flask_partition.cli import devcluster
 from flask_partition.testing import PostgresNode
 from flask_partition.testing import PostgresTopology
 from pg_support import require_postgres
@@ -300,7 +301,7 @@ def test_dev_cluster_starts_and_stops_servers(
             finally:
                 engine.dispose()
 
-    monkeypatch.setattr(cli, "_wait_for_stop", check_while_running)
+    monkeypatch.setattr(devcluster, "_wait_for_stop", check_while_running)
     app = make_app()  # binds: 'analytics'; no shards
     result = run(
         app,
@@ -354,7 +355,7 @@ def test_dev_cluster_defaults_follow_the_app(
 ) -> None:
     """Without --bind and --shard, the app's binds and shards are started."""
     require_postgres()
-    monkeypatch.setattr(cli, "_wait_for_stop", lambda: None)
+    monkeypatch.setattr(devcluster, "_wait_for_stop", lambda: None)
     result = run(
         make_shard_app(), "dev-cluster", "--replicas", "0", "--shard-replicas", "0"
     )

@@ -31,6 +31,7 @@ import typing as t
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 import sqlalchemy.orm as sa_orm
+from flask import abort
 from flask import current_app
 from flask import has_app_context
 
@@ -153,6 +154,46 @@ class SQLAlchemyCompat:
                 "Table", (_Table,), {"_metadata_source": self, "__module__": __name__}
             ),
         )
+
+    def get_or_404(
+        self,
+        entity: type[_T],
+        ident: t.Any,
+        *,
+        description: str | None = None,
+        **kwargs: t.Any,
+    ) -> _T:
+        """Return the row with primary key ``ident``, or abort with 404.
+
+        :param entity: The model class.
+        :param ident: The primary key value.
+        :param description: The 404 error's description.
+        :param kwargs: Passed to :meth:`~sqlalchemy.orm.Session.get`.
+        """
+        value = self.session.get(entity, ident, **kwargs)
+        if value is None:
+            abort(404, description=description)
+        return value
+
+    def first_or_404(
+        self, statement: sa.Select[t.Any], *, description: str | None = None
+    ) -> t.Any:
+        """Return the first scalar of ``statement``, or abort with 404."""
+        value = self.session.execute(statement).scalar()
+        if value is None:
+            abort(404, description=description)
+        return value
+
+    def one_or_404(
+        self, statement: sa.Select[t.Any], *, description: str | None = None
+    ) -> t.Any:
+        """Return the only scalar of ``statement``; abort with 404 when there
+        is none or more than one.
+        """
+        try:
+            return self.session.execute(statement).scalar_one()
+        except (sa_exc.NoResultFound, sa_exc.MultipleResultsFound):
+            abort(404, description=description)
 
     def get_engine(self, bind_key: str | None = None, **kwargs: t.Any) -> sa.Engine:
         """Return the primary engine of ``bind_key`` for the current app, as
