@@ -225,10 +225,18 @@ class PartitionDB(compat.SQLAlchemyCompat):
         # client's token and the request's shard.
         # The hooks get this app's state bound: no lookup per request.
         state = self.get_state(app)
-        before = functools.partial(self._before_request, state)
-        app.before_request_funcs.setdefault(None, []).insert(0, before)
-        app.after_request(functools.partial(self._after_request, state))
-        app.teardown_request(reset_request)
+        # Plain functions, not functools.partial: Flask asks each hook of
+        # each request whether it is a coroutine function, which costs more
+        # for a partial.
+
+        def before_request() -> None:
+            self._before_request(state)
+
+        def after_request(response: Response) -> Response:
+            return self._after_request(state, response)
+
+        app.before_request_funcs.setdefault(None, []).insert(0, before_request)
+        app.after_request(after_request)
         app.teardown_appcontext(self._teardown_session)
         # By name, on first use: runtime modules never import the commands.
         app.cli.add_command(partition_group())
@@ -273,6 +281,9 @@ class PartitionDB(compat.SQLAlchemyCompat):
         return finish_request(response, state.carrier, committed)
 
     def _teardown_session(self, exc: BaseException | None) -> None:
+        # One hook for the request's plan and the session: the app context
+        # of a request ends right after the request's own teardown.
+        reset_request(exc)
         self.session.remove()
 
     def _metadata_for(self, bind_key: str | None) -> sa.MetaData:

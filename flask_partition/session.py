@@ -250,15 +250,22 @@ class PartitionSession(ShardedSession):
         commit, rollback or close of the session. Runs before every commit
         (see ``_before_commit``), rollback and close.
         """
+        routing = self.routing
+        if not routing.replica_of and not routing.failed:
+            return  # no replica was read: the common case without replicas
+        # Every replica connection came from a replica this session chose
+        # (replica_of) or saw fail (failed).
         node = self.router.node
+        engines = {*routing.replica_of.values(), *routing.failed}
         for level in _sqla.transaction_levels(self):
             connections = _sqla.transaction_connections(level)
-            for key, entry in list(connections.items()):
-                where = node(key) if isinstance(key, sa.Engine) else None
-                if where is None or where[1] is not Role.REPLICA:
+            for engine in engines:
+                entry = connections.get(engine)
+                where = node(engine)
+                if entry is None or where is None or where[1] is not Role.REPLICA:
                     continue
                 connection = entry[0]
-                _sqla.forget_connection(level, key, connection)
+                _sqla.forget_connection(level, engine, connection)
                 try:
                     if invalidate:
                         connection.invalidate()
