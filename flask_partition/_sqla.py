@@ -16,6 +16,7 @@ Supported: the SQLAlchemy releases ``pyproject.toml`` allows
 
 from __future__ import annotations
 
+import operator
 import typing as t
 
 import sqlalchemy as sa
@@ -77,18 +78,21 @@ _ORDERED_APART: t.Final = hasattr(ValuesBase, "_ordered_values")
 # -- statements -----------------------------------------------------------
 
 
-def select_for_update(select: sa.Select[t.Any]) -> object | None:
-    """The ``FOR UPDATE`` / ``FOR SHARE`` argument of a SELECT, ``None``
-    without one.
-    """
-    return select._for_update_arg
+# The accessors on the path of every statement are attrgetters: C-level
+# calls, a fraction of a Python function's cost, and as loud when an
+# attribute is gone.
 
+#: ``select_for_update(select)``: the ``FOR UPDATE`` / ``FOR SHARE``
+#: argument of a SELECT, ``None`` without one.
+select_for_update: t.Final[t.Callable[[sa.Select[t.Any]], object | None]] = (
+    operator.attrgetter("_for_update_arg")
+)
 
-def select_raw_columns(select: sa.Select[t.Any]) -> t.Sequence[t.Any]:
-    """The columns of a SELECT as given, without building
-    ``selected_columns`` (which costs more than a primary-key lookup).
-    """
-    return select._raw_columns
+#: ``select_raw_columns(select)``: the columns of a SELECT as given, without
+#: building ``selected_columns`` (which costs more than a primary-key lookup).
+select_raw_columns: t.Final[t.Callable[[sa.Select[t.Any]], t.Sequence[t.Any]]] = (
+    operator.attrgetter("_raw_columns")
+)
 
 
 def where_criteria(statement: t.Any) -> tuple[t.Any, ...]:
@@ -315,9 +319,10 @@ def autoflush_option(orm_context: sa_orm.ORMExecuteState) -> bool:
     return True if options is None else bool(options._autoflush)
 
 
-def is_flushing(session: sa_orm.Session) -> bool:
-    """Whether the session is inside ``flush()``."""
-    return session._flushing
+#: ``is_flushing(session)``: whether the session is inside ``flush()``.
+is_flushing: t.Final[t.Callable[[sa_orm.Session], bool]] = operator.attrgetter(
+    "_flushing"
+)
 
 
 def autoflush(session: sa_orm.Session) -> None:

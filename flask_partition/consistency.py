@@ -208,7 +208,13 @@ class TokenCarrier:
         """
         text = request.headers.get(TOKEN_HEADER)
         cookie = self.settings.cookie
-        if not text and cookie is not None:
+        # Parse the Cookie header only when it may hold ours: most requests
+        # bring none.
+        if (
+            not text
+            and cookie is not None
+            and cookie in request.headers.get("Cookie", "")
+        ):
             text = request.cookies.get(cookie)
         if not text:
             return 0, None

@@ -220,24 +220,30 @@ class PartitionDB(compat.SQLAlchemyCompat):
     def _register_hooks(self, app: Flask) -> None:
         if self._add_models_to_shell:
             app.shell_context_processor(compat.shell_context(self, self.Model))
-        # First of the app's before_request functions, so hooks registered
-        # earlier (loading the current user, say) already read with the
-        # client's token and the request's shard.
-        # The hooks get this app's state bound: no lookup per request.
+        # The hooks get this app's state bound: no lookup per request. Each
+        # is registered only where it has work to do: Flask inspects every
+        # hook of every request, and most apps without shards, tokens and
+        # the debug header need neither.
         state = self.get_state(app)
-        # Plain functions, not functools.partial: Flask asks each hook of
-        # each request whether it is a coroutine function, which costs more
-        # for a partial.
+        tokens_or_trace = state.carrier is not None or state.topology.debug_header
+        teardown = self._teardown_session
+        if state.router.shards or tokens_or_trace:
+            teardown = self._teardown_request_and_session
 
-        def before_request() -> None:
-            self._before_request(state)
+            def before_request() -> None:
+                self._before_request(state)
 
-        def after_request(response: Response) -> Response:
-            return self._after_request(state, response)
+            # First of the app's before_request functions, so hooks
+            # registered earlier (loading the current user, say) already
+            # read with the client's token and the request's shard.
+            app.before_request_funcs.setdefault(None, []).insert(0, before_request)
+        if tokens_or_trace:
 
-        app.before_request_funcs.setdefault(None, []).insert(0, before_request)
-        app.after_request(after_request)
-        app.teardown_appcontext(self._teardown_session)
+            def after_request(response: Response) -> Response:
+                return self._after_request(state, response)
+
+            app.after_request(after_request)
+        app.teardown_appcontext(teardown)
         # By name, on first use: runtime modules never import the commands.
         app.cli.add_command(partition_group())
 
@@ -251,7 +257,8 @@ class PartitionDB(compat.SQLAlchemyCompat):
             def shard_from_subdomain():
                 return request.host.split(".")[0]
 
-        It runs before each request of every app using this instance. Its
+        It runs before each request of every app using this instance that
+        has ``PARTITION_SHARDS`` (without shards it is never asked). Its
         answer pins sharded models as :func:`~flask_partition.use_shard`
         would (a view's own ``use_shard`` still wins); ``None`` pins
         nothing. A name that is not in ``PARTITION_SHARDS`` aborts the
@@ -281,6 +288,9 @@ class PartitionDB(compat.SQLAlchemyCompat):
         return finish_request(response, state.carrier, committed)
 
     def _teardown_session(self, exc: BaseException | None) -> None:
+        self.session.remove()
+
+    def _teardown_request_and_session(self, exc: BaseException | None) -> None:
         # One hook for the request's plan and the session: the app context
         # of a request ends right after the request's own teardown.
         reset_request(exc)
@@ -310,17 +320,23 @@ class PartitionDB(compat.SQLAlchemyCompat):
         :raises RuntimeError: If this instance was not initialised on it.
         """
         if app is None:
-            app = t.cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
+            # current_app's extensions: no unwrapping of the proxy needed.
+            app = current_app
         state = app.extensions.get("partition.state")
         if state is None or state.db is not self:
             raise RuntimeError(
                 f"The Flask app {app.name!r} is not registered with this"
                 " 'PartitionDB' instance. Call 'db.init_app(app)' first."
             )
-        return t.cast(PartitionState, state)
+        return state  # type: ignore[no-any-return]
 
     def get_router(self, app: Flask | None = None) -> Router:
         """Return the router of ``app`` (default: the current application)."""
+        if app is None:
+            # The path of every new session: one lookup, no second call.
+            state = current_app.extensions.get("partition.state")
+            if state is not None and state.db is self:
+                return state.router  # type: ignore[no-any-return]
         return self.get_state(app).router
 
     @property

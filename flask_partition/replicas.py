@@ -218,6 +218,8 @@ class Cluster:
         replicas = self.replicas
         if not replicas:
             return self.primary, "no replicas"
+        down = self._down_until
+        now = time.monotonic() if down else 0.0
         count = len(replicas)
         start = self._policy(count) if count > 1 else 0
         skipped: list[str] = []
@@ -226,7 +228,7 @@ class Cluster:
             engine = replicas[index]
             if engine in exclude:
                 skipped.append(f"replica[{index}] failed")
-            elif self.is_down(index):
+            elif now < down.get(index, 0.0):
                 skipped.append(f"replica[{index}] down")
             elif self._measures_lag and not self.lag_ok(index):
                 skipped.append(f"replica[{index}] lagging")

@@ -75,7 +75,15 @@ def _select(clause: sa.Select[t.Any]) -> Intent:
     # collection of every mapped column on each call, which cost more than
     # a SQLite primary-key lookup in bench/overhead.py.
     for column in _sqla.select_raw_columns(clause):
-        if _is_write_function(column):
+        # Tables, entities and plain columns (the usual) are no function;
+        # the answer is cached per class.
+        cls = type(column)
+        maybe = _MAYBE_FUNCTION.get(cls)
+        if maybe is None:
+            maybe = _MAYBE_FUNCTION[cls] = issubclass(
+                cls, (sa_elements.Label, sa_functions.FunctionElement)
+            )
+        if maybe and _is_write_function(column):
             return Intent.WRITE
     return Intent.READ
 
@@ -97,6 +105,7 @@ def _ambiguous(clause: t.Any) -> Intent:
 
 
 _CHECKS: dict[type[t.Any], _Check] = {}
+_MAYBE_FUNCTION: dict[type[t.Any], bool] = {}
 
 
 def _is_write_function(column: object) -> bool:

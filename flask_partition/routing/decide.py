@@ -10,7 +10,6 @@ tested with plain objects.
 
 from __future__ import annotations
 
-import dataclasses
 import typing as t
 
 import sqlalchemy as sa
@@ -23,8 +22,7 @@ from .plan import Plan
 from .plan import Role
 
 
-@dataclasses.dataclass(frozen=True)
-class Decision:
+class Decision(t.NamedTuple):
     """Where a statement goes.
 
     :param engine: The engine that runs it.
@@ -101,13 +99,15 @@ def read_engine(cluster: Cluster, plan: Plan, state: SessionRouting) -> Decision
     whole session (monotonic reads), chosen on first use among the healthy
     replicas that have replayed the client's token, else the primary.
     """
+    if not cluster.replicas:
+        return Decision(cluster.primary, "no replicas")
     name = cluster.name
     engine = state.replica_of.get(name)
     positions = plan.positions
     position = positions.get(name) if positions else None
     if engine is not None:
         index = None if position is None else cluster.index_of(engine)
-        if index is None or cluster.reached(index, t.cast(float, position)):
+        if index is None or cluster.reached(index, position):  # type: ignore[arg-type]
             state.reused.add(name)
             return Decision(engine, "the session's choice")
     engine, reason = cluster.choose(position, state.failed)

@@ -84,7 +84,7 @@ class PartitionTransaction(sa_orm.SessionTransaction):
         # Every connection of the session's transaction is opened here
         # (subtransactions ask their root), the flush's too: in two-phase
         # mode, the new connection's transaction gets the correlated id.
-        gtrid = t.cast(_Session, self.session).txn.gtrid
+        gtrid = self.session.txn.gtrid  # type: ignore[attr-defined]
         if gtrid is None or self.parent is not None:
             return super()._connection_for_bind(bind, execution_options)
         token = current_gtrid.set(gtrid)
@@ -174,7 +174,7 @@ def on_transaction_create(
     if transaction.parent is not None:
         return
     _sqla.replace_transaction_class(transaction, PartitionTransaction)
-    partition = t.cast(_Session, session)
+    partition: _Session = session  # type: ignore[assignment]
     mode = _plan.get().commit_mode or partition.router.commit_mode
     partition.txn.mode = mode
     if mode == "two_phase":
