@@ -347,17 +347,6 @@ def set_identity_token(state: t.Any, shard: str) -> None:
     state.identity_token = shard
 
 
-def use_plain_session_lookups(session: sa_orm.Session) -> None:
-    """Make a session without shards look up identities and connections as
-    a plain :class:`~sqlalchemy.orm.Session` does, past
-    :class:`~sqlalchemy.ext.horizontal_shard.ShardedSession`'s overrides
-    (this is on the path of every ``get()``).
-    """
-    plain = sa_orm.Session
-    session._identity_lookup = plain._identity_lookup.__get__(session)  # type: ignore[method-assign]
-    session._connection_for_bind = plain._connection_for_bind.__get__(session)  # type: ignore[method-assign]
-
-
 def plain_identity_lookup(
     session: sa_orm.Session, mapper: t.Any, *args: t.Any, **kw: t.Any
 ) -> t.Any:

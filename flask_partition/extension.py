@@ -226,9 +226,11 @@ class PartitionDB(compat.SQLAlchemyCompat):
         # the debug header need neither.
         state = self.get_state(app)
         tokens_or_trace = state.carrier is not None or state.topology.debug_header
-        teardown = self._teardown_session
         if state.router.shards or tokens_or_trace:
-            teardown = self._teardown_request_and_session
+            # Reset at the request's teardown, not the app context's: a
+            # request inside an app context already pushed (pytest-flask,
+            # a CLI command) does not end it.
+            app.teardown_request(reset_request)
 
             def before_request() -> None:
                 self._before_request(state)
@@ -243,7 +245,7 @@ class PartitionDB(compat.SQLAlchemyCompat):
                 return self._after_request(state, response)
 
             app.after_request(after_request)
-        app.teardown_appcontext(teardown)
+        app.teardown_appcontext(self._teardown_session)
         # By name, on first use: runtime modules never import the commands.
         app.cli.add_command(partition_group())
 
@@ -288,12 +290,6 @@ class PartitionDB(compat.SQLAlchemyCompat):
         return finish_request(response, state.carrier, committed)
 
     def _teardown_session(self, exc: BaseException | None) -> None:
-        self.session.remove()
-
-    def _teardown_request_and_session(self, exc: BaseException | None) -> None:
-        # One hook for the request's plan and the session: the app context
-        # of a request ends right after the request's own teardown.
-        reset_request(exc)
         self.session.remove()
 
     def _metadata_for(self, bind_key: str | None) -> sa.MetaData:

@@ -112,13 +112,14 @@ class PartitionSession(ShardedSession):
         else:
             # No shards: ShardedQuery still reads the choosers; every row is
             # unsharded. Flush asks get_bind directly, as a plain Session
-            # does, and identity lookups and connections skip the sharding
-            # overrides (this is on the path of every get()).
+            # does; _identity_lookup and _connection_for_bind go straight to
+            # Session's. (Not by binding Session's methods to the instance:
+            # that is a reference cycle, which leaves every session to the
+            # garbage collector.)
             self.shard_chooser = _no_shard
             self.identity_chooser = _only_unsharded
             self.execute_chooser = _no_shards
             self.connection_callable = None  # type: ignore[assignment]
-            _sqla.use_plain_session_lookups(self)
 
     @property
     def written_clusters(self) -> set[str | None]:
