@@ -370,11 +370,3 @@ def _after_commit(session: PartitionSession) -> None:
     session.txn.committed.update(
         name for name in session.txn.written if by_name[name].token_mode is not None
     )
-
-
-@sa.event.listens_for(PartitionSession, "after_transaction_end")
-def _after_transaction_end(
-    session: PartitionSession, transaction: sa_orm.SessionTransaction
-) -> None:
-    if transaction.parent is None:
-        session.txn.written.clear()

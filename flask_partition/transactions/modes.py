@@ -93,6 +93,16 @@ class PartitionTransaction(sa_orm.SessionTransaction):
         finally:
             current_gtrid.reset(token)
 
+    def close(self, invalidate: bool = False) -> None:
+        # The root transaction ends (commit, rollback or close): what it
+        # wrote no longer binds the next one. (A method, not an
+        # after_transaction_end listener: that event fires for every
+        # transaction of every session, savepoints and flushes included.)
+        try:
+            super().close(invalidate)
+        finally:
+            self.session.txn.written.clear()  # type: ignore[attr-defined]
+
     def commit(self, _to_root: bool = False) -> None:
         if self.parent is None and not self._partition_committed:
             if not _sqla.is_prepared(self):
