@@ -45,8 +45,9 @@ SHARDED_SESSION_OVERRIDES: t.Final = {
     "_choose_shard_and_assign": ("mapper", "instance"),
 }
 #: The private :class:`~sqlalchemy.orm.SessionTransaction` methods that
-#: :class:`~flask_partition.transactions.modes.PartitionTransaction`
-#: overrides or calls.
+#: :class:`~flask_partition.transactions.modes.PartitionTransaction` and
+#: :class:`~flask_partition.transactions.modes.TwoPhaseTransaction` override
+#: or call.
 TRANSACTION_OVERRIDES: t.Final = {
     "_connection_for_bind": ("bind", "execution_options"),
     "_prepare_impl": (),

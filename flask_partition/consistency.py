@@ -40,6 +40,7 @@ TOKEN_HEADER: t.Final = "X-Partition-Token"
 #: .. versionadded:: 0.1.0
 ROUTE_HEADER: t.Final = "X-Partition-Route"
 
+_TOKEN_ENVIRON = "HTTP_" + TOKEN_HEADER.upper().replace("-", "_")
 _SALT = "flask-partition.consistency"
 # A token names a few clusters; anything longer is not ours.
 _MAX_TOKEN_LENGTH = 4096
@@ -206,15 +207,13 @@ class TokenCarrier:
         signed by us, but perhaps under an older config) and that not every
         replica has replayed yet.
         """
-        text = request.headers.get(TOKEN_HEADER)
+        # The WSGI environ, not request.headers: a missing header costs
+        # EnvironHeaders a KeyError. And the Cookie header is parsed only when
+        # it may hold ours: most requests bring none.
+        environ = request.environ
+        text = environ.get(_TOKEN_ENVIRON)
         cookie = self.settings.cookie
-        # Parse the Cookie header only when it may hold ours: most requests
-        # bring none.
-        if (
-            not text
-            and cookie is not None
-            and cookie in request.headers.get("Cookie", "")
-        ):
+        if not text and cookie is not None and cookie in environ.get("HTTP_COOKIE", ""):
             text = request.cookies.get(cookie)
         if not text:
             return 0, None

@@ -34,7 +34,7 @@ from sqlalchemy.ext.horizontal_shard import ShardedSession
 
 from flask_partition import _sqla
 from flask_partition.session import PartitionSession
-from flask_partition.transactions.modes import PartitionTransaction
+from flask_partition.transactions.modes import TwoPhaseTransaction
 
 #: SQLAlchemy 2.0.x rather than 2.1.x.
 SA_20 = tuple(int(part) for part in sa.__version__.split(".")[:2]) < (2, 1)
@@ -956,7 +956,7 @@ def test_session_overrides(name: str, parameters: tuple[str, ...]) -> None:
 def test_transaction_overrides(name: str, parameters: tuple[str, ...]) -> None:
     with _seam("TRANSACTION_OVERRIDES", f"SessionTransaction.{name}{parameters}"):
         assert name in vars(sa_orm.SessionTransaction)
-        _check_override(PartitionTransaction, name, parameters)
+        _check_override(TwoPhaseTransaction, name, parameters)
 
 
 @pytest.mark.parametrize(
@@ -991,7 +991,7 @@ UNLISTED_OVERRIDES: dict[str, str] = {}
             PartitionSession,
             {**_sqla.SESSION_OVERRIDES, **_sqla.SHARDED_SESSION_OVERRIDES},
         ),
-        (PartitionTransaction, _sqla.TRANSACTION_OVERRIDES),
+        (TwoPhaseTransaction, _sqla.TRANSACTION_OVERRIDES),
     ],
     ids=["session", "transaction"],
 )

@@ -7,6 +7,7 @@ The names most users need are re-exported here.
 from __future__ import annotations
 
 from .modes import PartitionTransaction as PartitionTransaction
+from .modes import TwoPhaseTransaction as TwoPhaseTransaction
 from .recovery import InDoubt as InDoubt
 from .recovery import recover as recover
 from .twophase import commit_log as commit_log

@@ -80,19 +80,6 @@ class PartitionTransaction(sa_orm.SessionTransaction):
 
     _partition_committed = False
 
-    def _connection_for_bind(self, bind: t.Any, execution_options: t.Any) -> t.Any:
-        # Every connection of the session's transaction is opened here
-        # (subtransactions ask their root), the flush's too: in two-phase
-        # mode, the new connection's transaction gets the correlated id.
-        gtrid = self.session.txn.gtrid  # type: ignore[attr-defined]
-        if gtrid is None or self.parent is not None:
-            return super()._connection_for_bind(bind, execution_options)
-        token = current_gtrid.set(gtrid)
-        try:
-            return super()._connection_for_bind(bind, execution_options)
-        finally:
-            current_gtrid.reset(token)
-
     def close(self, invalidate: bool = False) -> None:
         # The root transaction ends (commit, rollback or close): what it
         # wrote no longer binds the next one. (A method, not an
@@ -113,6 +100,28 @@ class PartitionTransaction(sa_orm.SessionTransaction):
             self._partition_committed = True
             _commit_connections(t.cast(_Session, self.session), self)
         super().commit(_to_root)
+
+
+class TwoPhaseTransaction(PartitionTransaction):
+    """The root transaction in ``"two_phase"`` mode: its connections'
+    two-phase transactions get the correlated id. A class of its own, so
+    connections of the other modes open without this override.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def _connection_for_bind(self, bind: t.Any, execution_options: t.Any) -> t.Any:
+        # Every connection of the session's transaction is opened here
+        # (subtransactions ask their root), the flush's too: in two-phase
+        # mode, the new connection's transaction gets the correlated id.
+        gtrid = self.session.txn.gtrid  # type: ignore[attr-defined]
+        if gtrid is None or self.parent is not None:
+            return super()._connection_for_bind(bind, execution_options)
+        token = current_gtrid.set(gtrid)
+        try:
+            return super()._connection_for_bind(bind, execution_options)
+        finally:
+            current_gtrid.reset(token)
 
 
 def _commit_connections(session: _Session, transaction: PartitionTransaction) -> None:
@@ -183,11 +192,14 @@ def on_transaction_create(
     """
     if transaction.parent is not None:
         return
-    _sqla.replace_transaction_class(transaction, PartitionTransaction)
     partition: _Session = session  # type: ignore[assignment]
     mode = _plan.get().commit_mode or partition.router.commit_mode
     partition.txn.mode = mode
-    if mode == "two_phase":
+    two_phase = mode == "two_phase"
+    _sqla.replace_transaction_class(
+        transaction, TwoPhaseTransaction if two_phase else PartitionTransaction
+    )
+    if two_phase:
         ensure_two_phase(partition.router)
         partition.twophase = True
         partition.txn.gtrid = uuid.uuid4().hex
