@@ -9,10 +9,15 @@ database holding ``--rows`` items, each through its own engines:
   context, removed in ``teardown_appcontext``, as Flask-SQLAlchemy does it;
 * side ``fsa``: ``db.session`` of Flask-SQLAlchemy's ``SQLAlchemy``;
 * side ``partition``: ``db.session`` of a ``PartitionDB`` with its default
-  config and one replica (on SQLite the same file opened read-only), with
-  ``SECRET_KEY`` set so consistency tokens are on wherever the database
-  takes them (``"auto"``: PostgreSQL; a SQLite replica cannot lag, so
-  there they stay off).
+  config and one replica (on SQLite the same file opened read-only).
+
+Every app has the same ``SECRET_KEY``, so consistency tokens are on
+wherever the database takes them (``"auto"``: PostgreSQL; a SQLite
+replica cannot lag, so there they stay off). It is set on sides plain and
+fsa too: with a secret key, Flask opens its cookie session on every
+request, building a signing serializer each time, which costs about as
+much as everything Flask-Partition adds; that is the app's cost, not the
+extension's.
 
 The database is a SQLite file, or with ``--postgres`` a PostgreSQL primary
 and one streaming replica (``PostgresTopology``), which sides plain and fsa
@@ -143,8 +148,15 @@ def add_view(
         return {"id": item.id, "name": item.name}
 
 
-def make_plain(name: str, url: str) -> tuple[Flask, list[sa.Engine]]:
+def new_app(name: str) -> Flask:
+    """An app with the config every side has."""
     app = Flask(name)
+    app.config["SECRET_KEY"] = "bench secret"
+    return app
+
+
+def make_plain(name: str, url: str) -> tuple[Flask, list[sa.Engine]]:
+    app = new_app(name)
     engine = sa.create_engine(url)
     session = sa_orm.scoped_session(
         sa_orm.sessionmaker(bind=engine), scopefunc=_app_ctx_id
@@ -159,7 +171,7 @@ def make_plain(name: str, url: str) -> tuple[Flask, list[sa.Engine]]:
 
 
 def make_fsa(name: str, url: str) -> tuple[Flask, list[sa.Engine]]:
-    app = Flask(name)
+    app = new_app(name)
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     fsa.init_app(app)
     add_view(app, fsa.session, FsaItem)
@@ -168,12 +180,8 @@ def make_fsa(name: str, url: str) -> tuple[Flask, list[sa.Engine]]:
 
 
 def make_partition(name: str, url: str, replica: str) -> tuple[Flask, list[sa.Engine]]:
-    app = Flask(name)
-    app.config.update(
-        SECRET_KEY="bench secret",
-        PARTITION_DATABASE_URI=url,
-        PARTITION_REPLICAS=[replica],
-    )
+    app = new_app(name)
+    app.config.update(PARTITION_DATABASE_URI=url, PARTITION_REPLICAS=[replica])
     db.init_app(app)
     add_view(app, db.session, PartitionItem)
     cluster = db.get_router(app).default
