@@ -28,7 +28,11 @@ response: what a user pays, not only ``session.get``.
 
 Rounds are short (``--requests`` 10 GETs per side, a few milliseconds) and
 interleaved after an untimed warm-up, the order of the sides reversed every
-round; the garbage collector runs only between rounds. In a round all
+round. The garbage collector is off while the requests run, and each
+side's turn ends with a collection of the youngest generation, timed: a
+request whose objects form reference cycles is only freed by the
+collector, and what a side's requests leave it to free is part of their
+cost (freeing the others happens inside the requests). In a round all
 sides read the same keys, the next ones of a shuffled list of every row, so
 each request of a round reads another row. Each side's time is its mean
 per request over a round; the side's figure is the median over rounds.
@@ -59,6 +63,7 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import gc
 import operator
 import os
 import random
@@ -155,8 +160,35 @@ def new_app(name: str) -> Flask:
     return app
 
 
-def make_plain(name: str, url: str) -> tuple[Flask, list[sa.Engine]]:
-    app = new_app(name)
+@dataclasses.dataclass
+class Side:
+    name: str
+    app: Flask
+    client: FlaskClient
+    #: The scoped session and the model its view reads.
+    session: sa_orm.scoped_session[t.Any]
+    model: type[ItemColumns]
+    #: The side's engines; for side partition the primary, then the replica.
+    engines: list[sa.Engine]
+    #: Mean wall seconds per request of each round.
+    times: list[float] = dataclasses.field(default_factory=list)
+    #: Mean CPU seconds per request of each round (this thread's).
+    cpu: list[float] = dataclasses.field(default_factory=list)
+
+
+def make_side(
+    name: str,
+    app: Flask,
+    session: sa_orm.scoped_session[t.Any],
+    model: type[ItemColumns],
+    engines: list[sa.Engine],
+) -> Side:
+    add_view(app, session, model)
+    return Side(name, app, app.test_client(), session, model, engines)
+
+
+def make_plain(url: str) -> Side:
+    app = new_app("bench-plain")
     engine = sa.create_engine(url)
     session = sa_orm.scoped_session(
         sa_orm.sessionmaker(bind=engine), scopefunc=_app_ctx_id
@@ -166,44 +198,35 @@ def make_plain(name: str, url: str) -> tuple[Flask, list[sa.Engine]]:
     def remove_session(exc: BaseException | None) -> None:
         session.remove()
 
-    add_view(app, session, PlainItem)
-    return app, [engine]
+    return make_side("plain", app, session, PlainItem, [engine])
 
 
-def make_fsa(name: str, url: str) -> tuple[Flask, list[sa.Engine]]:
-    app = new_app(name)
+def make_fsa(url: str) -> Side:
+    app = new_app("bench-fsa")
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     fsa.init_app(app)
-    add_view(app, fsa.session, FsaItem)
     with app.app_context():
-        return app, [fsa.engine]
+        engine = fsa.engine
+    return make_side("fsa", app, fsa.session, FsaItem, [engine])
 
 
-def make_partition(name: str, url: str, replica: str) -> tuple[Flask, list[sa.Engine]]:
-    app = new_app(name)
-    app.config.update(PARTITION_DATABASE_URI=url, PARTITION_REPLICAS=[replica])
+def make_partition(
+    url: str, replica: str, name: str = "partition", **config: t.Any
+) -> Side:
+    """Side partition; ``config`` adds to its app's config."""
+    app = new_app(f"bench-{name}")
+    app.config.update(
+        PARTITION_DATABASE_URI=url, PARTITION_REPLICAS=[replica], **config
+    )
     db.init_app(app)
-    add_view(app, db.session, PartitionItem)
     cluster = db.get_router(app).default
-    return app, [cluster.primary, *cluster.replicas]
-
-
-@dataclasses.dataclass
-class Side:
-    name: str
-    app: Flask
-    client: FlaskClient
-    #: The side's engines; for side partition the primary, then the replica.
-    engines: list[sa.Engine]
-    #: Mean wall seconds per request of each round.
-    times: list[float] = dataclasses.field(default_factory=list)
-    #: Mean CPU seconds per request of each round (this thread's).
-    cpu: list[float] = dataclasses.field(default_factory=list)
+    engines = [cluster.primary, *cluster.replicas]
+    return make_side(name, app, db.session, PartitionItem, engines)
 
 
 def timed(side: Side, paths: list[str]) -> tuple[float, float]:
-    """Send a GET for each path; return the mean wall and CPU seconds per
-    request.
+    """Send a GET for each path, then collect the garbage they left in
+    cycles; return the mean wall and CPU seconds per request.
     """
     client = side.client
     start, cpu = time.perf_counter(), time.thread_time()
@@ -213,6 +236,7 @@ def timed(side: Side, paths: list[str]) -> tuple[float, float]:
             raise AssertionError(
                 f"side {side.name}: GET {path} answered {response.status_code}"
             )
+    gc.collect(0)
     cpu = time.thread_time() - cpu
     return (time.perf_counter() - start) / len(paths), cpu / len(paths)
 
@@ -328,15 +352,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def make_sides(url: str, replica: str) -> dict[str, Side]:
-    made = {
-        "plain": make_plain("bench-plain", url),
-        "fsa": make_fsa("bench-fsa", url),
-        "partition": make_partition("bench-partition", url, replica),
-    }
-    return {
-        name: Side(name, app, app.test_client(), engines)
-        for name, (app, engines) in made.items()
-    }
+    """Sides plain and fsa on ``url``; side partition with ``replica``."""
+    sides = [make_plain(url), make_fsa(url), make_partition(url, replica)]
+    return {side.name: side for side in sides}
 
 
 def main(argv: list[str] | None = None) -> int:
