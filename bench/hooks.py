@@ -372,8 +372,16 @@ class Report:
     microseconds only.
     """
 
-    def __init__(self, values: dict[str, float], us_per_unit: float | None) -> None:
+    def __init__(
+        self,
+        values: dict[str, float],
+        us_per_unit: float | None,
+        registered: list[str],
+    ) -> None:
         self.values = values
+        #: The request hooks side partition's app has (all three unless
+        #: init_app leaves out those with nothing to do).
+        self.registered = registered
         #: Microseconds per instruction; ``None`` when values are microseconds.
         self.us_per_unit = us_per_unit
 
@@ -488,14 +496,17 @@ class Report:
             ],
         )
         extra = v["request partition-plain"]
-        hooks_sum = sum(v[k] for k in hooks)
+        hooks_sum = sum(v[k] for k in hooks if k in self.registered)
         session = (
             v["partition: created, get, removed"] - v["plain: created, get, removed"]
         )
         self.table(
             "where side partition's extra per request goes, against side plain",
             [
-                ("the 3 request hooks", hooks_sum),
+                (
+                    f"the request hooks registered ({len(self.registered)} of 3)",
+                    hooks_sum,
+                ),
                 ("the session (created, one get, removed)", session),
                 ("  of which get_bind", v["get_bind"] - v["plain get_bind"]),
                 (
@@ -539,6 +550,23 @@ def time_requests(rows: int, rounds: int) -> dict[str, float]:
             sides["partition"].times, sides[name].times, operator.sub
         )
     return times
+
+
+def registered_hooks() -> list[str]:
+    """Which of the request hooks side partition's app has."""
+    db = bench.db
+    with tempfile.TemporaryDirectory(prefix="partition-bench-") as folder:
+        url = f"sqlite:///{os.path.join(folder, 'items.db')}"
+        app = bench.make_partition(url, url, "probe").app
+        for engine in db.get_router(app).engines():
+            engine.dispose()
+    found = {
+        "before_request": db._before_request in app.before_request_funcs.get(None, ()),
+        "after_request": db._after_request in app.after_request_funcs.get(None, ()),
+        "teardown_request": db._reset_request
+        in app.teardown_request_funcs.get(None, ()),
+    }
+    return [name for name, present in found.items() if present]
 
 
 def count_instructions(args: argparse.Namespace) -> dict[str, float]:
@@ -692,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
             f" rounds; SQLite, {args.rows} rows. Lower bounds: inside a"
             " request the same code runs slower (see the docstring)."
         )
-        Report(timer.values, None).print()
+        Report(timer.values, None, registered_hooks()).print()
     else:
         values = count_instructions(args)
         for name in ("plain", "fsa"):
@@ -719,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Over side plain, in instructions: {ratios}; in time (medians):"
             f" {timed_ratios}"
         )
-        Report(values, us_per_instruction).print()
+        Report(values, us_per_instruction, registered_hooks()).print()
     if args.profile:
         profile(args.rows, args.profile)
     return 0
