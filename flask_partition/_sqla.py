@@ -348,13 +348,11 @@ def set_identity_token(state: t.Any, shard: str) -> None:
     state.identity_token = shard
 
 
-def plain_identity_lookup(
-    session: sa_orm.Session, mapper: t.Any, *args: t.Any, **kw: t.Any
-) -> t.Any:
-    """Look up an identity as a plain :class:`~sqlalchemy.orm.Session` does
-    (for unsharded mappers of a sharded session).
-    """
-    return sa_orm.Session._identity_lookup(session, mapper, *args, **kw)
+#: ``plain_identity_lookup(session, mapper, primary_key_identity, ...)``:
+#: :class:`~sqlalchemy.orm.Session`'s own identity-map lookup, past
+#: :class:`~sqlalchemy.ext.horizontal_shard.ShardedSession`'s (for unsharded
+#: mappers). SQLAlchemy's function itself: no extra call on every ``get()``.
+plain_identity_lookup: t.Final[t.Callable[..., t.Any]] = sa_orm.Session._identity_lookup
 
 
 # -- the session's transaction ---------------------------------------------

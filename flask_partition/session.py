@@ -170,7 +170,9 @@ class PartitionSession(ShardedSession):
             if self.shards is not None and router.shard_key(mapper) is not None:
                 cluster = router.shards[self._mapper_shard(mapper, kw.get("instance"))]
             else:
-                cluster = router.cluster_for_mapper(mapper)
+                cluster = router.by_mapper.get(mapper) or router.cluster_for_mapper(
+                    mapper
+                )
         elif clause is not None:
             shard = _plan.get().shard
             if shard is not None and router.sharded_tables(clause):
@@ -307,38 +309,6 @@ class PartitionSession(ShardedSession):
 
     # -- writes ------------------------------------------------------------
 
-    def flush(self, objects: t.Sequence[t.Any] | None = None) -> None:
-        """Flush pending changes; inside a read-only block, refuse them.
-
-        :raises ReadOnlyError: When there is anything to flush inside
-            :func:`~flask_partition.use_replica`; nothing is sent.
-        :raises ShardKeyError: When a sharded row has no key, its key
-            changed, or it belongs to another shard than the pinned one;
-            nothing is sent.
-        """
-        if _sqla.is_clean(self):
-            return  # as Session.flush does: the autoflush of every read
-        plan = _plan.get()
-        if plan.read_only:
-            raise ReadOnlyError(
-                f"Cannot flush {len(self.new)} new, {len(self.dirty)} changed and"
-                f" {len(self.deleted)} deleted objects inside {plan.pinned_by!r}:"
-                " it only allows reads. Nothing was sent to the database. Move"
-                " the write out of the block or use 'use_primary'."
-            )
-        if self.shards is not None:
-            check_flush(self, self.router, plan.shard)
-            mode = (
-                self.txn.mode
-                if self.get_transaction() is not None
-                else plan.commit_mode or self.router.commit_mode
-            )
-            if mode == "single":
-                check_single(
-                    self.txn, self.router.shards, flush_shards(self, self.router)
-                )
-        super().flush(objects)
-
 
 def _no_shard(mapper: t.Any, instance: t.Any, clause: t.Any) -> None:
     return None
@@ -350,6 +320,37 @@ def _only_unsharded(mapper: t.Any, primary_key: t.Any, **kw: t.Any) -> list[None
 
 def _no_shards(orm_context: t.Any) -> list[str]:
     return []
+
+
+@sa.event.listens_for(PartitionSession, "before_flush")
+def _before_flush(session: PartitionSession, context: t.Any, objects: t.Any) -> None:
+    """Refuse a flush inside a read-only block, and check sharded rows;
+    before any SQL of the flush is sent (SQLAlchemy calls this only when
+    there is something to flush: the autoflush of every read pays nothing).
+
+    :raises ReadOnlyError: When there is anything to flush inside
+        :func:`~flask_partition.use_replica`.
+    :raises ShardKeyError: When a sharded row has no key, its key changed, or
+        it belongs to another shard than the pinned one.
+    """
+    plan = _plan.get()
+    if plan.read_only:
+        raise ReadOnlyError(
+            f"Cannot flush {len(session.new)} new, {len(session.dirty)} changed"
+            f" and {len(session.deleted)} deleted objects inside"
+            f" {plan.pinned_by!r}: it only allows reads. Nothing was sent to the"
+            " database. Move the write out of the block or use 'use_primary'."
+        )
+    if session.shards is not None:
+        check_flush(session, session.router, plan.shard)
+        mode = (
+            session.txn.mode
+            if session.get_transaction() is not None
+            else plan.commit_mode or session.router.commit_mode
+        )
+        if mode == "single":
+            shards = flush_shards(session, session.router)
+            check_single(session.txn, session.router.shards, shards)
 
 
 @sa.event.listens_for(PartitionSession, "before_commit")
