@@ -58,6 +58,7 @@ from flask_partition import PartitionDB
 from flask_partition import PartitionModel
 from support import alternate
 from support import paired
+from support import positive
 
 TARGET = 1.10
 
@@ -214,13 +215,6 @@ def count_selects(engine: sa.Engine, run: t.Callable[[], object]) -> int:
     finally:
         sa.event.remove(engine, "before_cursor_execute", listener)
     return seen[0]
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -87,6 +87,7 @@ from flask_partition.testing import PostgresTopology
 from support import alternate
 from support import dispose
 from support import paired
+from support import positive
 from support import postgres_missing
 
 TARGET_PLAIN = 1.05
@@ -317,13 +318,6 @@ def check_selects(sides: dict[str, Side], paths: list[str]) -> str:
         f" SELECTs: plain {found['plain'][0]}, fsa {found['fsa'][0]}, partition"
         f" primary {found['partition'][0]} and replica {found['partition'][1]}"
     )
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -10,6 +10,7 @@ timing; the youngest generation, which holds the cycles a round leaves
 
 from __future__ import annotations
 
+import argparse
 import gc
 import statistics
 import sys
@@ -48,6 +49,14 @@ def paired(
 ) -> float:
     """The median over rounds of ``combine(a, b)`` for the same round."""
     return statistics.median(combine(x, y) for x, y in zip(a, b, strict=True))
+
+
+def positive(text: str) -> int:
+    """An ``argparse`` type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def postgres_missing(script: str) -> bool:
