@@ -253,22 +253,20 @@ class PartitionSession(ShardedSession):
         commit, rollback or close of the session. Runs before every commit
         (see ``_before_commit``), rollback and close.
         """
-        routing = self.routing
-        if not routing.replica_of and not routing.failed:
-            return  # no replica was read: the common case without replicas
-        # Every replica connection came from a replica this session chose
-        # (replica_of) or saw fail (failed).
+        if not self.router.has_replicas:
+            return  # no replica connection can exist
+        # The whole connection table: a replica this session chose and then
+        # replaced (a token it had not reached) or one bound explicitly
+        # (bind_arguments={"bind": ...}) is in no record of the session.
         node = self.router.node
-        engines = {*routing.replica_of.values(), *routing.failed}
         for level in _sqla.transaction_levels(self):
             connections = _sqla.transaction_connections(level)
-            for engine in engines:
-                entry = connections.get(engine)
-                where = node(engine)
-                if entry is None or where is None or where[1] is not Role.REPLICA:
+            for key, entry in list(connections.items()):
+                where = node(key) if isinstance(key, sa.Engine) else None
+                if where is None or where[1] is not Role.REPLICA:
                     continue
                 connection = entry[0]
-                _sqla.forget_connection(level, engine, connection)
+                _sqla.forget_connection(level, key, connection)
                 try:
                     if invalidate:
                         connection.invalidate()
@@ -278,6 +276,42 @@ class PartitionSession(ShardedSession):
                     # pool discards the broken connection.
                     with contextlib.suppress(Exception):
                         connection.invalidate()
+
+    def flush(self, objects: t.Sequence[t.Any] | None = None) -> None:
+        """Flush pending changes; inside a read-only block, refuse them.
+
+        The checks run before SQLAlchemy's flush starts (not in a
+        ``before_flush`` listener, which runs while the session is
+        flushing: a query a custom shard chooser makes would count as a
+        write).
+
+        :raises ReadOnlyError: When there is anything to flush inside
+            :func:`~flask_partition.use_replica`; nothing is sent.
+        :raises ShardKeyError: When a sharded row has no key, its key
+            changed, or it belongs to another shard than the pinned one;
+            nothing is sent.
+        """
+        if _sqla.is_clean(self):
+            return  # as Session.flush does: the autoflush of every read
+        plan = _plan.get()
+        if plan.read_only:
+            raise ReadOnlyError(
+                f"Cannot flush {len(self.new)} new, {len(self.dirty)} changed and"
+                f" {len(self.deleted)} deleted objects inside {plan.pinned_by!r}:"
+                " it only allows reads. Nothing was sent to the database. Move"
+                " the write out of the block or use 'use_primary'."
+            )
+        if self.shards is not None:
+            check_flush(self, self.router, plan.shard)
+            mode = (
+                self.txn.mode
+                if self.get_transaction() is not None
+                else plan.commit_mode or self.router.commit_mode
+            )
+            if mode == "single":
+                shards = flush_shards(self, self.router)
+                check_single(self.txn, self.router.shards, shards)
+        super().flush(objects)
 
     # -- shards ------------------------------------------------------------
 
@@ -320,37 +354,6 @@ def _only_unsharded(mapper: t.Any, primary_key: t.Any, **kw: t.Any) -> list[None
 
 def _no_shards(orm_context: t.Any) -> list[str]:
     return []
-
-
-@sa.event.listens_for(PartitionSession, "before_flush")
-def _before_flush(session: PartitionSession, context: t.Any, objects: t.Any) -> None:
-    """Refuse a flush inside a read-only block, and check sharded rows;
-    before any SQL of the flush is sent (SQLAlchemy calls this only when
-    there is something to flush: the autoflush of every read pays nothing).
-
-    :raises ReadOnlyError: When there is anything to flush inside
-        :func:`~flask_partition.use_replica`.
-    :raises ShardKeyError: When a sharded row has no key, its key changed, or
-        it belongs to another shard than the pinned one.
-    """
-    plan = _plan.get()
-    if plan.read_only:
-        raise ReadOnlyError(
-            f"Cannot flush {len(session.new)} new, {len(session.dirty)} changed"
-            f" and {len(session.deleted)} deleted objects inside"
-            f" {plan.pinned_by!r}: it only allows reads. Nothing was sent to the"
-            " database. Move the write out of the block or use 'use_primary'."
-        )
-    if session.shards is not None:
-        check_flush(session, session.router, plan.shard)
-        mode = (
-            session.txn.mode
-            if session.get_transaction() is not None
-            else plan.commit_mode or session.router.commit_mode
-        )
-        if mode == "single":
-            shards = flush_shards(session, session.router)
-            check_single(session.txn, session.router.shards, shards)
 
 
 @sa.event.listens_for(PartitionSession, "before_commit")

@@ -113,6 +113,9 @@ class Router:
         self.by_name: dict[str | None, Cluster] = dict(self.clusters)
         self.by_name.update(self.shards)
         self.commit_mode = commit_mode
+        #: Whether any cluster has replicas (else no session has replica
+        #: connections to release).
+        self.has_replicas = any(c.replicas for c in self.by_name.values())
         #: Set once the primaries were checked for two-phase commits.
         self.two_phase_checked = False
         # Commit order: the default cluster, the binds, then the shards.
