@@ -46,6 +46,8 @@ _log = logging.getLogger("flask_partition")
 #: for every cluster.
 ALL: t.Final = "__all__"
 _UNSET: t.Any = object()
+#: No committed clusters: shared, never changed.
+_NOTHING: t.Final[set[str | None]] = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,11 +284,12 @@ class PartitionDB(compat.SQLAlchemyCompat):
         begin_request(state.carrier, shard, debug_header=state.topology.debug_header)
 
     def _after_request(self, state: PartitionState, response: Response) -> Response:
-        committed: set[str | None] = set()
+        committed: set[str | None] = _NOTHING
         if state.carrier is not None and self.session.registry.has():
             txn = self.session().txn
-            committed = set(txn.committed)
-            txn.committed.clear()
+            if txn.committed:
+                committed = set(txn.committed)
+                txn.committed.clear()
         return finish_request(response, state.carrier, committed)
 
     def _teardown_session(self, exc: BaseException | None) -> None:

@@ -87,6 +87,8 @@ def finish_request(
         writes to.
     """
     context: _RequestContext | None = g.get("_partition")
+    if context is None and not committed:
+        return response  # no token came, none is due, no trace: the usual
     if carrier is not None:
         carrier.write(
             request,
