@@ -46,8 +46,6 @@ _log = logging.getLogger("flask_partition")
 #: for every cluster.
 ALL: t.Final = "__all__"
 _UNSET: t.Any = object()
-#: No committed clusters: shared, never changed.
-_NOTHING: t.Final[set[str | None]] = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +59,16 @@ class PartitionState:
     db: PartitionDB
     topology: Topology
     router: Router
-    #: Signs and reads consistency tokens; ``None`` when no cluster uses them.
-    tokens: TokenCodec | None = None
-    #: Carries them in requests and responses; ``None`` as for ``tokens``.
+    #: Reads and writes consistency tokens in requests and responses;
+    #: ``None`` when no cluster uses them.
     carrier: TokenCarrier | None = None
+
+    @property
+    def tokens(self) -> TokenCodec | None:
+        """Signs and reads consistency tokens; ``None`` when no cluster
+        uses them.
+        """
+        return None if self.carrier is None else self.carrier.codec
 
 
 def _app_ctx_id() -> int:
@@ -203,30 +207,24 @@ class PartitionDB(compat.SQLAlchemyCompat):
                 raise RuntimeError(
                     f"'PARTITION_COMMIT_MODE' is 'two_phase'. {error}"
                 ) from error
-        codec = TokenCodec(topology.consistency) if modes else None
         carrier = None
-        if codec is not None:
-            carrier = TokenCarrier(codec, topology.consistency, router.by_name)
+        if modes:
+            settings = topology.consistency
+            carrier = TokenCarrier(TokenCodec(settings), settings, router.by_name)
+        state = PartitionState(self, topology, router, carrier)
         app.extensions["partition"] = self
-        app.extensions["partition.state"] = PartitionState(
-            db=self,
-            topology=topology,
-            router=router,
-            tokens=codec,
-            carrier=carrier,
-        )
+        app.extensions["partition.state"] = state
         # Where Flask-SQLAlchemy registers itself, for code that looks there.
         app.extensions.setdefault("sqlalchemy", self)
-        self._register_hooks(app)
+        self._register_hooks(app, state)
 
-    def _register_hooks(self, app: Flask) -> None:
+    def _register_hooks(self, app: Flask, state: PartitionState) -> None:
         if self._add_models_to_shell:
             app.shell_context_processor(compat.shell_context(self, self.Model))
         # The hooks get this app's state bound: no lookup per request. Each
         # is registered only where it has work to do: Flask inspects every
         # hook of every request, and most apps without shards, tokens and
         # the debug header need neither.
-        state = self.get_state(app)
         tokens_or_trace = state.carrier is not None or state.topology.debug_header
         if state.router.shards or tokens_or_trace:
             # Reset at the request's teardown, not the app context's: a
@@ -284,7 +282,7 @@ class PartitionDB(compat.SQLAlchemyCompat):
         begin_request(state.carrier, shard, debug_header=state.topology.debug_header)
 
     def _after_request(self, state: PartitionState, response: Response) -> Response:
-        committed: set[str | None] = _NOTHING
+        committed: t.Collection[str | None] = ()
         if state.carrier is not None and self.session.registry.has():
             txn = self.session().txn
             if txn.committed:
@@ -331,11 +329,6 @@ class PartitionDB(compat.SQLAlchemyCompat):
 
     def get_router(self, app: Flask | None = None) -> Router:
         """Return the router of ``app`` (default: the current application)."""
-        if app is None:
-            # The path of every new session: one lookup, no second call.
-            state = current_app.extensions.get("partition.state")
-            if state is not None and state.db is self:
-                return state.router  # type: ignore[no-any-return]
         return self.get_state(app).router
 
     @property

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import typing as t
 
 from flask import g
 from flask import request
@@ -77,7 +78,7 @@ def begin_request(
 def finish_request(
     response: Response,
     carrier: TokenCarrier | None,
-    committed: set[str | None],
+    committed: t.Collection[str | None],
 ) -> Response:
     """Give the client a token for the clusters this request committed
     writes to (see :class:`~flask_partition.consistency.TokenCarrier`); add
@@ -87,8 +88,6 @@ def finish_request(
         writes to.
     """
     context: _RequestContext | None = g.get("_partition")
-    if context is None and not committed:
-        return response  # no token came, none is due, no trace: the usual
     if carrier is not None:
         carrier.write(
             request,

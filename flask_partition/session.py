@@ -170,9 +170,7 @@ class PartitionSession(ShardedSession):
             if self.shards is not None and router.shard_key(mapper) is not None:
                 cluster = router.shards[self._mapper_shard(mapper, kw.get("instance"))]
             else:
-                cluster = router.by_mapper.get(mapper) or router.cluster_for_mapper(
-                    mapper
-                )
+                cluster = router.cluster_for_mapper(mapper)
         elif clause is not None:
             shard = _plan.get().shard
             if shard is not None and router.sharded_tables(clause):

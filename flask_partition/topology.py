@@ -103,9 +103,9 @@ class Router:
         self.scatter_workers = scatter_workers
         #: The threads that query shards at the same time.
         self.pool = WorkerPool(scatter_workers)
-        #: The cluster of each mapper seen: mappers never move between
-        #: clusters, so get_bind answers ORM statements with a dict lookup.
-        self.by_mapper: dict[object, Cluster] = {}
+        # Mappers never move between clusters, so the answer is cached; this
+        # keeps get_bind at a dict lookup for ORM statements.
+        self._by_mapper: dict[object, Cluster] = {}
         self._shard_keys: dict[object, ShardKey | None] = {}
         self._nodes: dict[sa.Engine, tuple[str | None, Role, int]] = {}
         self.sender = sender
@@ -218,7 +218,7 @@ class Router:
     def cluster_for_mapper(self, mapper: t.Any) -> Cluster:
         """Return the cluster of a mapped class or :class:`~sqlalchemy.orm.Mapper`."""
         try:
-            return self.by_mapper[mapper]
+            return self._by_mapper[mapper]
         except KeyError:
             pass
         inspected = t.cast("sa_orm.Mapper[t.Any]", sa.inspect(mapper))
@@ -232,7 +232,7 @@ class Router:
             )
         (key,) = keys or {None}
         cluster = self.cluster(key, context=f" (model {inspected.class_.__name__!r})")
-        self.by_mapper[mapper] = cluster
+        self._by_mapper[mapper] = cluster
         return cluster
 
     def cluster_for_clause(self, clause: sa.ClauseElement) -> Cluster:

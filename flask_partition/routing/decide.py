@@ -79,13 +79,6 @@ def decide(
             return Decision(cluster.primary, "use_primary")
         if cluster.name in state.written:
             return Decision(cluster.primary, "written by this session")
-        if not plan.positions:
-            # The common read: the session's replica, once chosen (the same
-            # rule as read_engine's, without a call on every statement).
-            engine = state.replica_of.get(cluster.name)
-            if engine is not None:
-                state.reused.add(cluster.name)
-                return Decision(engine, "the session's choice")
         return read_engine(cluster, plan, state)
     if plan.read_only:
         if intent is Intent.WRITE:
